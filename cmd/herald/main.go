@@ -1,0 +1,106 @@
+// Command herald is a WebSocket push server: it holds many mostly idle
+// WebSocket connections and fans out messages published on NATS to the
+// sockets subscribed to them.
+//
+// This package only wires the engine, pubsub and bench packages to command
+// line flags; each subcommand lives in its own file.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// command is one herald subcommand.
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run the WebSocket server", runServe},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes the command line args and returns the process exit code:
+// 0 on success, 2 on a usage error, 1 on any other failure.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(args[1:], stdout, stderr)
+		switch {
+		case err == nil, errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			return 2
+		}
+		fmt.Fprintf(stderr, "herald %s: %v\n", c.name, err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "herald: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+// errUsage marks an error the flag package has already explained.
+var errUsage = errors.New("usage error")
+
+func usage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString("Herald is a WebSocket push server: browsers and apps connect over plain WebSocket,\n")
+	b.WriteString("services publish on NATS, and every socket subscribed to a channel receives the message.\n\n")
+	b.WriteString("Usage:\n  herald <command> [flags]\n\nCommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\nRun 'herald <command> --help' for the flags of a command.\n")
+	io.WriteString(w, b.String())
+}
+
+// newFlagSet returns a flag set whose --help prints the command's purpose
+// before its flags.
+func newFlagSet(name, synopsis, about string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("herald "+name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: herald %s %s\n\n%s\n\nFlags:\n", name, synopsis, about)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args, mapping the flag package's errors to errUsage so
+// that run does not print them twice.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}

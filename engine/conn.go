@@ -1,0 +1,382 @@
+package engine
+
+import (
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/bytebufferpool"
+	"golang.org/x/sys/unix"
+
+	"github.com/herald-ws/herald/codec"
+)
+
+// A connection moves through these states in order.
+const (
+	stateHandshake uint8 = iota // reading the HTTP request head
+	stateOpen                   // WebSocket frames flow both ways
+	stateClosing                // final answer sent; discarding input until the peer hangs up
+	stateClosed                 // gnet closed the socket; nothing may touch it
+)
+
+// What an upgraded connection is for.
+const (
+	routeEcho uint8 = iota + 1
+)
+
+// conn is Herald's state for one TCP connection. Millions of these live at
+// once, mostly idle, so every field costs memory times millions: state that
+// only matters while a message is half received lives in reader, allocated
+// from a pool only for that time.
+type conn struct {
+	gc       gnet.Conn
+	loop     *loop
+	rd       *reader // nil unless a message spans callbacks
+	deadline int64   // unix nanoseconds when the sweep closes the connection; 0 = none
+	slot     int32   // index in loop.conns
+	scanned  uint16  // bytes of the request head already searched for its end
+	state    uint8
+	route    uint8
+}
+
+// reader holds a message whose frames or payload arrive over several
+// callbacks: the decoder's state and the bytes received so far.
+type reader struct {
+	dec codec.Decoder
+	buf *bytebufferpool.ByteBuffer
+}
+
+// handler adapts gnet's callbacks to the Server.
+type handler struct {
+	gnet.BuiltinEventEngine
+	s *Server
+}
+
+func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
+	h.s.eng = eng
+	close(h.s.booted)
+	return gnet.None
+}
+
+func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	l := h.s.loopFor(gc.EventLoop())
+	c := &conn{gc: gc, loop: l, deadline: time.Now().Add(h.s.cfg.HandshakeTimeout).UnixNano()}
+	l.add(c)
+	gc.SetContext(c)
+	return nil, gnet.None
+}
+
+func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok {
+		return gnet.None
+	}
+	gc.SetContext(nil)
+	c.loop.remove(c)
+	c.releaseReader()
+	// A write after this point could reach another client that gets the same
+	// file descriptor: drop every way to reach the socket.
+	c.gc = nil
+	c.state = stateClosed
+	return gnet.None
+}
+
+func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok {
+		return gnet.Close
+	}
+	switch c.state {
+	case stateHandshake:
+		c.readRequest()
+	case stateOpen:
+		c.readFrames()
+	}
+	if c.state == stateClosing {
+		_, _ = gc.Discard(gc.InboundBuffered())
+	}
+	return gnet.None
+}
+
+// readRequest waits for a whole HTTP request head, then answers it: an
+// upgrade to WebSocket, a plain HTTP answer, or an error.
+func (c *conn) readRequest() {
+	s := c.loop.s
+	buf, _ := c.gc.Peek(-1)
+	n := codec.HeadLength(buf, int(c.scanned))
+	if n == 0 {
+		if len(buf) >= s.cfg.MaxHeadSize {
+			c.answer(&codec.HTTPError{Status: 431, Reason: "request header fields too large"})
+			return
+		}
+		c.scanned = uint16(len(buf))
+		return
+	}
+	if n > s.cfg.MaxHeadSize {
+		c.answer(&codec.HTTPError{Status: 431, Reason: "request header fields too large"})
+		return
+	}
+	req := &c.loop.request
+	if err := codec.ParseRequest(buf[:n], req); err != nil {
+		c.answer(err)
+		return
+	}
+	route := s.route(req.Path)
+	if route == 0 {
+		c.serveHTTP(req)
+		return
+	}
+	out := response()
+	defer bytebufferpool.Put(out)
+	var err error
+	if out.B, err = s.upgrader.Upgrade(out.B, req); err != nil {
+		c.answer(err)
+		return
+	}
+	if !c.write(out.B) {
+		return
+	}
+	_, _ = c.gc.Discard(n)
+	c.state, c.route, c.deadline, c.scanned = stateOpen, route, 0, 0
+	c.readFrames() // frames the client sent right behind its request
+}
+
+// readFrames handles every complete frame buffered, and the buffered part of
+// a frame whose payload is still arriving. Unconsumed bytes stay in gnet's
+// buffer but do not trigger another callback, so it must not stop early.
+func (c *conn) readFrames() {
+	max := c.loop.s.cfg.MaxMessageSize
+	for c.state == stateOpen {
+		if c.rd != nil && c.rd.dec.Remaining() > 0 {
+			if !c.readPayload() {
+				return
+			}
+			continue
+		}
+		buffered := c.gc.InboundBuffered()
+		head, _ := c.gc.Peek(min(buffered, codec.MaxHeaderSize))
+		h, hn, err := codec.ParseHeader(head)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if hn == 0 {
+			return
+		}
+		if err := codec.CheckClientHeader(h, 0); err != nil {
+			c.fail(err)
+			return
+		}
+		total := int64(hn) + h.Length
+		if h.OpCode.IsControl() {
+			if int64(buffered) < total {
+				return
+			}
+			frame, _ := c.gc.Peek(int(total))
+			payload := frame[hn:]
+			ws.Cipher(payload, h.Mask, 0)
+			c.control(h.OpCode, payload)
+			if c.state != stateClosed {
+				_, _ = c.gc.Discard(int(total))
+			}
+			continue
+		}
+		dec := &c.loop.decoder
+		if c.rd != nil {
+			dec = &c.rd.dec
+		} else {
+			*dec = codec.Decoder{}
+		}
+		if err := dec.Begin(h, max); err != nil {
+			c.fail(err)
+			return
+		}
+		if c.rd == nil && h.Fin && int64(buffered) >= total {
+			// The common case: a whole message in one frame, all buffered.
+			// Unmask and use it where it lies in gnet's buffer.
+			frame, _ := c.gc.Peek(int(total))
+			payload := frame[hn:]
+			if err := dec.Payload(payload); err != nil {
+				c.fail(err)
+				return
+			}
+			op, err := dec.End()
+			if err != nil {
+				c.fail(err)
+				return
+			}
+			c.message(op, payload)
+			if c.state != stateClosed {
+				_, _ = c.gc.Discard(int(total))
+			}
+			continue
+		}
+		if c.rd == nil {
+			c.rd = c.loop.s.readers.Get().(*reader)
+			c.rd.dec = *dec
+		}
+		_, _ = c.gc.Discard(hn)
+		if h.Length == 0 && !c.endFrame() {
+			return
+		}
+	}
+}
+
+// readPayload moves the buffered part of the current frame's payload into
+// the message buffer, unmasking and validating it on the way, and delivers
+// the message when its last byte is in. It reports false when nothing was
+// buffered.
+func (c *conn) readPayload() bool {
+	rd := c.rd
+	n := c.gc.InboundBuffered()
+	if n == 0 {
+		return false
+	}
+	if int64(n) > rd.dec.Remaining() {
+		n = int(rd.dec.Remaining())
+	}
+	if rd.buf == nil {
+		rd.buf = bytebufferpool.Get()
+	}
+	old := len(rd.buf.B)
+	rd.buf.B = slices.Grow(rd.buf.B, n)[:old+n]
+	_, _ = c.gc.Read(rd.buf.B[old:])
+	if err := rd.dec.Payload(rd.buf.B[old:]); err != nil {
+		c.fail(err)
+		return false
+	}
+	if rd.dec.Remaining() > 0 {
+		return true
+	}
+	return c.endFrame()
+}
+
+// endFrame is called when the current frame's payload is all in. If the
+// frame ends its message, the message is delivered and the reader released.
+// It reports false when the connection is failing.
+func (c *conn) endFrame() bool {
+	op, err := c.rd.dec.End()
+	if err != nil {
+		c.fail(err)
+		return false
+	}
+	if op != 0 {
+		var payload []byte
+		if c.rd.buf != nil {
+			payload = c.rd.buf.B
+		}
+		c.message(op, payload)
+		c.releaseReader()
+	}
+	return true
+}
+
+func (c *conn) releaseReader() {
+	if c.rd == nil {
+		return
+	}
+	if c.rd.buf != nil {
+		bytebufferpool.Put(c.rd.buf)
+	}
+	*c.rd = reader{}
+	c.loop.s.readers.Put(c.rd)
+	c.rd = nil
+}
+
+// control answers a ping, ignores a pong and completes a close handshake.
+func (c *conn) control(op ws.OpCode, payload []byte) {
+	switch op {
+	case ws.OpPing:
+		c.writeFrame(ws.OpPong, payload)
+	case ws.OpClose:
+		code, _, err := codec.ParseClose(payload)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if code == 0 {
+			code = ws.StatusNormalClosure
+		}
+		c.close(code, "")
+	}
+}
+
+// message handles one complete message from the client.
+func (c *conn) message(op ws.OpCode, payload []byte) {
+	switch c.route {
+	case routeEcho:
+		c.writeFrame(op, payload)
+	}
+}
+
+// writeFrame sends one unfragmented frame. The header goes in the loop's
+// scratch buffer and the payload is written from where it lies.
+func (c *conn) writeFrame(op ws.OpCode, payload []byte) bool {
+	l := c.loop
+	l.frame = codec.AppendHeader(l.frame[:0], op, true, len(payload))
+	if len(payload) == 0 {
+		return c.write(l.frame)
+	}
+	l.iov = append(l.iov[:0], l.frame, payload)
+	_, _ = c.gc.Writev(l.iov)
+	clear(l.iov)
+	return c.state != stateClosed
+}
+
+// write sends b and reports whether the connection survived it: gnet runs
+// OnClose inside Write when the socket is gone.
+func (c *conn) write(b []byte) bool {
+	_, _ = c.gc.Write(b)
+	return c.state != stateClosed
+}
+
+// fail closes the connection because the client broke the protocol.
+func (c *conn) fail(err error) {
+	var ce *codec.CloseError
+	if !errors.As(err, &ce) {
+		ce = &codec.CloseError{Code: ws.StatusInternalServerError, Reason: "internal error"}
+	}
+	c.loop.s.log.Debug("closing connection", "remote", c.gc.RemoteAddr(), "code", int(ce.Code), "reason", ce.Reason)
+	c.close(ce.Code, ce.Reason)
+}
+
+// close sends a close frame and starts the closing handshake.
+func (c *conn) close(code ws.StatusCode, reason string) {
+	l := c.loop
+	l.frame = codec.AppendClose(l.frame[:0], code, reason)
+	if c.write(l.frame) {
+		c.linger()
+	}
+}
+
+// answer sends an HTTP error and closes.
+func (c *conn) answer(err error) {
+	var he *codec.HTTPError
+	if !errors.As(err, &he) {
+		he = &codec.HTTPError{Status: 400, Reason: err.Error()}
+	}
+	out := response()
+	out.B = he.AppendTo(out.B)
+	ok := c.write(out.B)
+	bytebufferpool.Put(out)
+	if ok {
+		c.linger()
+	}
+}
+
+// linger ends the connection once its final bytes are written. Closing the
+// socket while the peer's data is still unread would make the kernel send a
+// reset, which can destroy our close frame or HTTP answer in flight before
+// the peer reads it. So Herald half-closes instead, discards whatever else
+// arrives, and lets the peer hang up first; the sweep closes it after
+// CloseTimeout if the peer never does.
+func (c *conn) linger() {
+	c.releaseReader()
+	c.state = stateClosing
+	c.deadline = time.Now().Add(c.loop.s.cfg.CloseTimeout).UnixNano()
+	if c.gc.OutboundBuffered() == 0 {
+		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
+	}
+}

@@ -1,0 +1,267 @@
+// Package engine owns Herald's sockets: a gnet reactor whose event loops
+// accept TCP connections, answer plain HTTP and WebSocket upgrades on one
+// port, parse frames in place from gnet's buffers and write frames back.
+//
+// There is no goroutine and no timer per connection. Each connection is a
+// small struct owned by the event loop it landed on; everything that touches
+// it runs on that loop, either in a gnet callback or in a task queued to the
+// loop. Deadlines (handshake timeout, the linger after a close frame) are kept
+// as numbers on the connection and enforced by a periodic sweep that each loop
+// runs over its own connections.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/bytebufferpool"
+	"golang.org/x/sys/unix"
+
+	"github.com/herald-ws/herald/codec"
+)
+
+// Config says how a Server listens and what it accepts. The zero value of
+// every field but Addr means its documented default.
+type Config struct {
+	// Addr is the TCP address to listen on, host:port. Port 0 picks a free
+	// port; Server.Addr reports which.
+	Addr string
+	// Loops is the number of event loops; 0 means one per CPU.
+	Loops int
+	// MaxMessageSize caps an inbound message, in bytes, summed over its
+	// fragments. A larger one closes the connection with 1009.
+	// Default codec.DefaultMaxMessageSize (1 MiB).
+	MaxMessageSize int64
+	// MaxHeadSize caps the HTTP request head, in bytes; past it the request
+	// is answered 431. Default codec.DefaultMaxHeadSize (8 KiB).
+	MaxHeadSize int
+	// HandshakeTimeout closes a connection that has not completed its HTTP
+	// request within it (slowloris). Default 5 s.
+	HandshakeTimeout time.Duration
+	// CloseTimeout bounds how long a connection lingers after Herald sent a
+	// close frame or a final HTTP answer, waiting for the peer to hang up
+	// first. Default 3 s.
+	CloseTimeout time.Duration
+	// Echo serves EchoPath, which echoes every text and binary message back:
+	// the endpoint conformance suites such as Autobahn's test against.
+	Echo bool
+	// Logger receives the engine's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// EchoPath is where the echo endpoint lives when Config.Echo is set.
+const EchoPath = "/echo"
+
+const (
+	defaultHandshakeTimeout = 5 * time.Second
+	defaultCloseTimeout     = 3 * time.Second
+	// maxSweepInterval is how often each loop checks its connections'
+	// deadlines at most; shorter timeouts sweep more often.
+	maxSweepInterval = 250 * time.Millisecond
+	// maxHeadSizeLimit keeps the scan position of a request head in the
+	// 16 bits conn gives it.
+	maxHeadSizeLimit = 1<<16 - 1
+)
+
+func (c *Config) setDefaults() {
+	if c.Loops <= 0 {
+		c.Loops = runtime.NumCPU()
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = codec.DefaultMaxMessageSize
+	}
+	if c.MaxHeadSize <= 0 {
+		c.MaxHeadSize = codec.DefaultMaxHeadSize
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if c.CloseTimeout <= 0 {
+		c.CloseTimeout = defaultCloseTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Server is a running Herald engine: one listener and its event loops.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	upgrader codec.Upgrader
+	readers  sync.Pool // *reader: state of messages that span callbacks
+
+	loopsMu sync.Mutex
+	loops   atomic.Pointer[[]*loop] // copy on write: read without a lock on every open
+
+	eng     gnet.Engine
+	addr    string
+	booted  chan struct{}
+	done    chan error // gnet.Run's result
+	stopped chan struct{}
+	stop    sync.Once
+}
+
+// New checks cfg and returns a Server ready to Start.
+func New(cfg Config) (*Server, error) {
+	if cfg.Addr == "" {
+		return nil, errors.New("engine: no listen address")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
+		return nil, fmt.Errorf("engine: listen address %q: %w", cfg.Addr, err)
+	}
+	cfg.setDefaults()
+	if cfg.MaxHeadSize > maxHeadSizeLimit {
+		return nil, fmt.Errorf("engine: request head limit %d is over the most Herald supports, %d", cfg.MaxHeadSize, maxHeadSizeLimit)
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		booted:  make(chan struct{}),
+		done:    make(chan error, 1),
+		stopped: make(chan struct{}),
+	}
+	s.readers.New = func() any { return new(reader) }
+	s.loops.Store(new([]*loop))
+	return s, nil
+}
+
+// Start binds the listener and starts the event loops. It returns once the
+// server accepts connections, or with the error that prevented it.
+func (s *Server) Start() error {
+	go func() {
+		s.done <- gnet.Run(&handler{s: s}, "tcp://"+s.cfg.Addr,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(s.cfg.Loops),
+			gnet.WithReuseAddr(true),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(gnetLogger{s.log}),
+		)
+	}()
+	select {
+	case <-s.booted:
+	case err := <-s.done:
+		if err == nil {
+			err = errors.New("stopped before it started")
+		}
+		return fmt.Errorf("engine: listen on %s: %w", s.cfg.Addr, err)
+	}
+	addr, err := s.boundAddr()
+	if err != nil {
+		_ = s.Stop(context.Background())
+		return err
+	}
+	s.addr = addr
+	go s.sweepLoops()
+	s.log.Info("listening", "addr", s.addr, "loops", s.cfg.Loops, "echo", s.cfg.Echo)
+	return nil
+}
+
+// Addr returns the address the server listens on, with the real port when
+// Config.Addr asked for port 0.
+func (s *Server) Addr() string { return s.addr }
+
+// Stop closes the listener and every connection and waits for the event
+// loops to end, or for ctx.
+func (s *Server) Stop(ctx context.Context) error {
+	var err error
+	s.stop.Do(func() {
+		close(s.stopped)
+		err = s.eng.Stop(ctx)
+		if err == nil {
+			select {
+			case <-s.done:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("engine: stop: %w", err)
+	}
+	return nil
+}
+
+// boundAddr asks the kernel which address the listener got.
+func (s *Server) boundAddr() (string, error) {
+	fd, err := s.eng.Dup()
+	if err != nil {
+		return "", fmt.Errorf("engine: find listen address: %w", err)
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return "", fmt.Errorf("engine: find listen address: %w", err)
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port)), nil
+	case *unix.SockaddrInet6:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port)), nil
+	}
+	return "", fmt.Errorf("engine: listener has address family %T", sa)
+}
+
+// loopFor returns the state Herald keeps for event loop el, creating it on
+// the first connection that loop sees: gnet cannot list its loops up front.
+func (s *Server) loopFor(el gnet.EventLoop) *loop {
+	for _, l := range *s.loops.Load() {
+		if l.el == el {
+			return l
+		}
+	}
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	old := *s.loops.Load()
+	for _, l := range old {
+		if l.el == el {
+			return l
+		}
+	}
+	l := newLoop(s, el)
+	grown := append(append(make([]*loop, 0, len(old)+1), old...), l)
+	s.loops.Store(&grown)
+	return l
+}
+
+// sweepLoops asks every loop, on its own goroutine, to enforce its
+// connections' deadlines.
+func (s *Server) sweepLoops() {
+	every := min(maxSweepInterval, s.cfg.HandshakeTimeout/4, s.cfg.CloseTimeout/4)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopped:
+			return
+		case <-t.C:
+		}
+		for _, l := range *s.loops.Load() {
+			if err := l.el.Execute(context.Background(), l.sweepTask); err != nil {
+				return // the engine is shutting down
+			}
+		}
+	}
+}
+
+// response returns a pooled buffer for an HTTP answer. gnet copies whatever
+// it cannot send at once, so the buffer goes back to the pool right after
+// the write.
+func response() *bytebufferpool.ByteBuffer { return bytebufferpool.Get() }
+
+// gnetLogger sends gnet's own logs to slog.
+type gnetLogger struct{ log *slog.Logger }
+
+func (g gnetLogger) Debugf(format string, args ...any) { g.log.Debug("gnet: " + fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Infof(format string, args ...any)  { g.log.Debug("gnet: " + fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Warnf(format string, args ...any)  { g.log.Warn("gnet: " + fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Errorf(format string, args ...any) { g.log.Error("gnet: " + fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Fatalf(format string, args ...any) { g.log.Error("gnet: " + fmt.Sprintf(format, args...)) }

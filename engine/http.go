@@ -1,0 +1,42 @@
+package engine
+
+import (
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/herald-ws/herald/codec"
+)
+
+// route tells which WebSocket endpoint a request path names, or 0 for none.
+func (s *Server) route(path []byte) uint8 {
+	if s.cfg.Echo && string(path) == EchoPath {
+		return routeEcho
+	}
+	return 0
+}
+
+// serveHTTP answers a request for anything but a WebSocket endpoint. Herald
+// shares its port with the few plain HTTP paths operators and load balancers
+// need, answers each request on its own connection and closes it.
+func (c *conn) serveHTTP(req *codec.Request) {
+	switch string(req.Path) {
+	case "/healthz":
+		if string(req.Method) != "GET" {
+			c.answer(&codec.HTTPError{Status: 405, Reason: "method not allowed", Header: "Allow: GET\r\n"})
+			return
+		}
+		c.respond(200, "text/plain; charset=utf-8", []byte("ok\n"))
+	default:
+		c.answer(&codec.HTTPError{Status: 404, Reason: "not found"})
+	}
+}
+
+// respond sends a complete HTTP answer and closes.
+func (c *conn) respond(status int, contentType string, body []byte) {
+	out := response()
+	out.B = codec.AppendResponse(out.B, status, contentType, "", body)
+	ok := c.write(out.B)
+	bytebufferpool.Put(out)
+	if ok {
+		c.linger()
+	}
+}
