@@ -217,14 +217,15 @@ func ParseClose(p []byte) (code ws.StatusCode, reason []byte, err error) {
 	return code, reason, nil
 }
 
-// ValidCloseCode reports whether a peer may send code in a close frame: the
-// codes RFC 6455 defines for use on the wire, those IANA registered since
-// (1012 service restart, 1013 try again later, 1014 bad gateway), and the
+// ValidCloseCode reports whether a peer may send code in a close frame:
+// the codes RFC 6455 section 7.4.1 defines for use on the wire and the
 // ranges left to applications (3000-4999). 1004, 1005, 1006 and 1015 are
-// reserved and never sent.
+// reserved and never sent. 1012-1014, registered with IANA after the RFC,
+// are refused too: the Autobahn suite's case 7.9 lists them as invalid, and
+// no client needs them to close.
 func ValidCloseCode(code ws.StatusCode) bool {
 	switch {
-	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1011:
 		return true
 	case code >= 3000 && code <= 4999:
 		return true

@@ -119,7 +119,10 @@ func (r *Request) IsUpgrade() bool {
 // whitespace before a header colon, no obsolete line folding, no control
 // characters other than HTAB in header values (so no bare CR), no second
 // Host, Sec-WebSocket-Key, Sec-WebSocket-Version or Origin header, and a Host
-// header on every HTTP/1.1 request. Lines may end in CRLF or a bare LF. Every
+// header on every HTTP/1.1 request. Lines may end in CRLF or a bare LF. An
+// empty line before the request line, which RFC 9112 section 2.2 lets a server
+// skip, is refused: the engine closes every connection after a plain HTTP
+// answer, so such a line can only come from a confused client. Every
 // such error is an *HTTPError with status 400, except an HTTP major version
 // other than 1 ("HTTP/2.0", "HTTP/0.9"), which is 505 HTTP Version Not Supported.
 //

@@ -23,7 +23,9 @@ const (
 
 // What an upgraded connection is for.
 const (
-	routeEcho uint8 = iota + 1
+	routeEcho    uint8 = iota + 1
+	routePush          // PushPath, messages as JSON envelopes
+	routePushRaw       // PushPath with format=raw: bare payloads
 )
 
 // conn is Herald's state for one TCP connection. Millions of these live at
@@ -34,6 +36,7 @@ type conn struct {
 	gc       gnet.Conn
 	loop     *loop
 	rd       *reader // nil unless a message spans callbacks
+	subs     []sub   // channels subscribed to, on PushPath
 	deadline int64   // unix nanoseconds when the sweep closes the connection; 0 = none
 	slot     int32   // index in loop.conns
 	scanned  uint16  // bytes of the request head already searched for its end
@@ -75,6 +78,7 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	gc.SetContext(nil)
 	c.loop.remove(c)
+	c.unsubscribeAll()
 	c.releaseReader()
 	// A write after this point could reach another client that gets the same
 	// file descriptor: drop every way to reach the socket.
@@ -128,6 +132,17 @@ func (c *conn) readRequest() {
 		c.serveHTTP(req)
 		return
 	}
+	var query pushQuery
+	if route == routePush {
+		var err error
+		if query, err = s.parsePushQuery(req.RawQuery); err != nil {
+			c.answer(err)
+			return
+		}
+		if query.raw {
+			route = routePushRaw
+		}
+	}
 	out := response()
 	defer bytebufferpool.Put(out)
 	var err error
@@ -140,6 +155,11 @@ func (c *conn) readRequest() {
 	}
 	_, _ = c.gc.Discard(n)
 	c.state, c.route, c.deadline, c.scanned = stateOpen, route, 0, 0
+	for _, ch := range query.channels {
+		if err := c.subscribe(ch); err != nil {
+			c.replyChannelError(nil, err)
+		}
+	}
 	c.readFrames() // frames the client sent right behind its request
 }
 
@@ -308,6 +328,8 @@ func (c *conn) message(op ws.OpCode, payload []byte) {
 	switch c.route {
 	case routeEcho:
 		c.writeFrame(op, payload)
+	case routePush, routePushRaw:
+		c.pushMessage(op, payload)
 	}
 }
 
@@ -315,6 +337,9 @@ func (c *conn) message(op ws.OpCode, payload []byte) {
 // scratch buffer and the payload is written from where it lies.
 func (c *conn) writeFrame(op ws.OpCode, payload []byte) bool {
 	l := c.loop
+	if c.state == stateClosed {
+		return false
+	}
 	l.frame = codec.AppendHeader(l.frame[:0], op, true, len(payload))
 	if len(payload) == 0 {
 		return c.write(l.frame)
@@ -328,6 +353,9 @@ func (c *conn) writeFrame(op ws.OpCode, payload []byte) bool {
 // write sends b and reports whether the connection survived it: gnet runs
 // OnClose inside Write when the socket is gone.
 func (c *conn) write(b []byte) bool {
+	if c.state == stateClosed {
+		return false
+	}
 	_, _ = c.gc.Write(b)
 	return c.state != stateClosed
 }
@@ -376,6 +404,12 @@ func (c *conn) linger() {
 	c.releaseReader()
 	c.state = stateClosing
 	c.deadline = time.Now().Add(c.loop.s.cfg.CloseTimeout).UnixNano()
+	c.shutdownWhenSent()
+}
+
+// shutdownWhenSent half-closes a closing connection once everything queued
+// for it is sent; until then the half-close would cut off the queue.
+func (c *conn) shutdownWhenSent() {
 	if c.gc.OutboundBuffered() == 0 {
 		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
 	}

@@ -53,6 +53,14 @@ type Config struct {
 	// Echo serves EchoPath, which echoes every text and binary message back:
 	// the endpoint conformance suites such as Autobahn's test against.
 	Echo bool
+	// Channels is the message bus behind PushPath; nil serves no PushPath.
+	Channels Channels
+	// MaxChannels caps the channels one connection may subscribe to.
+	// Default 128.
+	MaxChannels int
+	// MaxOutbound caps the bytes waiting to be sent to one connection; a
+	// subscriber that falls further behind is closed with 1008. Default 1 MiB.
+	MaxOutbound int
 	// Logger receives the engine's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -63,6 +71,10 @@ const EchoPath = "/echo"
 const (
 	defaultHandshakeTimeout = 5 * time.Second
 	defaultCloseTimeout     = 3 * time.Second
+	defaultMaxChannels      = 128
+	defaultMaxOutbound      = 1 << 20
+	// maxLoops is how many loops a channel's loop bitmask can name.
+	maxLoops = 64
 	// maxSweepInterval is how often each loop checks its connections'
 	// deadlines at most; shorter timeouts sweep more often.
 	maxSweepInterval = 250 * time.Millisecond
@@ -87,6 +99,12 @@ func (c *Config) setDefaults() {
 	if c.CloseTimeout <= 0 {
 		c.CloseTimeout = defaultCloseTimeout
 	}
+	if c.MaxChannels <= 0 {
+		c.MaxChannels = defaultMaxChannels
+	}
+	if c.MaxOutbound <= 0 {
+		c.MaxOutbound = defaultMaxOutbound
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -98,6 +116,7 @@ type Server struct {
 	log      *slog.Logger
 	upgrader codec.Upgrader
 	readers  sync.Pool // *reader: state of messages that span callbacks
+	hub      *hub      // nil without Channels
 
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop] // copy on write: read without a lock on every open
@@ -119,6 +138,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("engine: listen address %q: %w", cfg.Addr, err)
 	}
 	cfg.setDefaults()
+	if cfg.Loops > maxLoops {
+		return nil, fmt.Errorf("engine: %d event loops is over the most Herald supports, %d", cfg.Loops, maxLoops)
+	}
 	if cfg.MaxHeadSize > maxHeadSizeLimit {
 		return nil, fmt.Errorf("engine: request head limit %d is over the most Herald supports, %d", cfg.MaxHeadSize, maxHeadSizeLimit)
 	}
@@ -130,6 +152,9 @@ func New(cfg Config) (*Server, error) {
 		stopped: make(chan struct{}),
 	}
 	s.readers.New = func() any { return new(reader) }
+	if cfg.Channels != nil {
+		s.hub = newHub(cfg.Channels)
+	}
 	s.loops.Store(new([]*loop))
 	return s, nil
 }
@@ -210,6 +235,26 @@ func (s *Server) boundAddr() (string, error) {
 	return "", fmt.Errorf("engine: listener has address family %T", sa)
 }
 
+// Stats are the server's counters, summed over its loops.
+type Stats struct {
+	Open          int64  // connections open now, in any state
+	Accepted      uint64 // connections accepted since Start
+	Deliveries    uint64 // messages written to subscribers
+	SlowConsumers uint64 // subscribers closed for falling behind
+}
+
+// Stats reads the counters. It takes no lock any loop takes.
+func (s *Server) Stats() Stats {
+	var st Stats
+	for _, l := range *s.loops.Load() {
+		st.Open += l.stats.open.Load()
+		st.Accepted += l.stats.accepted.Load()
+		st.Deliveries += l.stats.deliveries.Load()
+		st.SlowConsumers += l.stats.slowConsumers.Load()
+	}
+	return st
+}
+
 // loopFor returns the state Herald keeps for event loop el, creating it on
 // the first connection that loop sees: gnet cannot list its loops up front.
 func (s *Server) loopFor(el gnet.EventLoop) *loop {
@@ -226,7 +271,7 @@ func (s *Server) loopFor(el gnet.EventLoop) *loop {
 			return l
 		}
 	}
-	l := newLoop(s, el)
+	l := newLoop(s, el, len(old))
 	grown := append(append(make([]*loop, 0, len(old)+1), old...), l)
 	s.loops.Store(&grown)
 	return l
@@ -260,8 +305,18 @@ func response() *bytebufferpool.ByteBuffer { return bytebufferpool.Get() }
 // gnetLogger sends gnet's own logs to slog.
 type gnetLogger struct{ log *slog.Logger }
 
-func (g gnetLogger) Debugf(format string, args ...any) { g.log.Debug("gnet: " + fmt.Sprintf(format, args...)) }
-func (g gnetLogger) Infof(format string, args ...any)  { g.log.Debug("gnet: " + fmt.Sprintf(format, args...)) }
-func (g gnetLogger) Warnf(format string, args ...any)  { g.log.Warn("gnet: " + fmt.Sprintf(format, args...)) }
-func (g gnetLogger) Errorf(format string, args ...any) { g.log.Error("gnet: " + fmt.Sprintf(format, args...)) }
-func (g gnetLogger) Fatalf(format string, args ...any) { g.log.Error("gnet: " + fmt.Sprintf(format, args...)) }
+func (g gnetLogger) Debugf(format string, args ...any) {
+	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Infof(format string, args ...any) {
+	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Warnf(format string, args ...any) {
+	g.log.Warn("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Errorf(format string, args ...any) {
+	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Fatalf(format string, args ...any) {
+	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
+}

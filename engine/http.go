@@ -8,8 +8,11 @@ import (
 
 // route tells which WebSocket endpoint a request path names, or 0 for none.
 func (s *Server) route(path []byte) uint8 {
-	if s.cfg.Echo && string(path) == EchoPath {
+	switch {
+	case s.cfg.Echo && string(path) == EchoPath:
 		return routeEcho
+	case s.hub != nil && string(path) == PushPath:
+		return routePush
 	}
 	return 0
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/herald-ws/herald/codec"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/pubsub"
 )
 
 // echoMaxMessageSize is the message limit in echo mode unless one is given:
@@ -20,14 +21,26 @@ import (
 const echoMaxMessageSize = 16 << 20
 
 func runServe(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("serve", "[flags]",
-		"Runs the WebSocket server. Plain HTTP on the same port: GET /healthz answers 200.", stderr)
+	fs := newFlagSet("serve", "[flags]", `Runs the WebSocket server.
+
+Clients connect to ws://ADDR/ws?channel=NAME (repeat channel for more) and
+receive every message published on NATS to those channels (NATS subjects;
+wildcards prices.* and game.> allowed). They can also subscribe in band with
+{"op":"subscribe","channel":"NAME","id":"1"}. By default an embedded NATS
+server listens on --nats-listen, so any NATS client can publish:
+nats pub prices.AAPL '{"px":187.2}'  or  herald pub prices.AAPL '{"px":187.2}'.
+Plain HTTP on the same port: GET /healthz answers 200.`, stderr)
 	listen := fs.String("listen", "127.0.0.1:8080", "`address` to accept WebSocket and HTTP connections on (host:port)")
 	echo := fs.Bool("echo", false, "serve /echo, which echoes every text and binary message back (for conformance suites such as Autobahn)")
 	maxMessage := sizeFlag(fs, "max-message-size", 0,
 		"largest message a client may send, summed over fragments, e.g. 64KiB, 1MiB; larger ones close the connection with 1009 (default 1MiB, or 16MiB with --echo)")
 	maxHead := sizeFlag(fs, "max-header-size", codec.DefaultMaxHeadSize, "largest HTTP request head; larger ones are answered 431")
 	loops := fs.Int("loops", 0, "event loops (threads serving sockets); 0 means one per CPU")
+	natsURL := fs.String("nats", "", "`URL` of an existing NATS server or cluster (comma-separated) to join instead of running an embedded one")
+	natsListen := fs.String("nats-listen", pubsub.DefaultListen, "`address` the embedded NATS server listens on for publishers (ignored with --nats)")
+	noWildcards := fs.Bool("no-wildcards", false, "refuse wildcard channels (prices.*, game.>)")
+	maxChannels := fs.Int("max-channels", 128, "most channels one connection may subscribe to")
+	maxOutbound := sizeFlag(fs, "max-outbound", 1<<20, "most unsent bytes a connection may have queued; a subscriber further behind is closed with 1008")
 	handshakeTimeout := fs.Duration("handshake-timeout", 5*time.Second, "close connections that have not sent a complete HTTP request within this time")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
@@ -45,22 +58,26 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	srv, err := engine.New(engine.Config{
-		Addr:             *listen,
-		Loops:            *loops,
-		MaxMessageSize:   *maxMessage,
-		MaxHeadSize:      int(*maxHead),
-		HandshakeTimeout: *handshakeTimeout,
-		Echo:             *echo,
-		Logger:           log,
+	h, err := startHerald(heraldConfig{
+		Engine: engine.Config{
+			Addr:             *listen,
+			Loops:            *loops,
+			MaxMessageSize:   *maxMessage,
+			MaxHeadSize:      int(*maxHead),
+			HandshakeTimeout: *handshakeTimeout,
+			Echo:             *echo,
+			MaxChannels:      *maxChannels,
+			MaxOutbound:      int(*maxOutbound),
+			Logger:           log,
+		},
+		NATS:       *natsURL,
+		NATSListen: *natsListen,
+		Wildcards:  !*noWildcards,
 	})
 	if err != nil {
 		return err
 	}
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "herald listening on %s\n", srv.Addr())
+	fmt.Fprintf(stdout, "herald listening on %s (ws://%s/ws), publish to NATS at %s\n", h.srv.Addr(), h.srv.Addr(), h.broker.ClientURL())
 
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -73,7 +90,56 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		<-sig // a second signal: do not wait any longer
 		os.Exit(1)
 	}()
-	return srv.Stop(ctx)
+	return h.stop(ctx)
+}
+
+// heraldConfig is everything a running Herald is made of.
+type heraldConfig struct {
+	Engine     engine.Config // Channels is set by startHerald
+	NATS       string        // external NATS URL; "" runs an embedded server
+	NATSListen string        // the embedded server's address
+	Wildcards  bool          // allow wildcard channels
+}
+
+// herald is a running server: the engine and its NATS broker.
+type herald struct {
+	srv    *engine.Server
+	broker *pubsub.Broker
+}
+
+// startHerald connects to NATS (or starts the embedded server) and starts
+// the engine on top of it.
+func startHerald(cfg heraldConfig) (*herald, error) {
+	h := new(herald)
+	broker, err := pubsub.Start(pubsub.Config{
+		URL:    cfg.NATS,
+		Listen: cfg.NATSListen,
+		// Runs only once a socket has subscribed, which is after h.srv is set.
+		Handler: func(pattern, subject string, data []byte) { h.srv.Deliver(pattern, subject, data) },
+		Logger:  cfg.Engine.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	cfg.Engine.Channels = natsChannels{Broker: broker, wildcards: cfg.Wildcards}
+	srv, err := engine.New(cfg.Engine)
+	if err == nil {
+		h.srv = srv
+		err = srv.Start()
+	}
+	if err != nil {
+		broker.Close()
+		return nil, err
+	}
+	h.broker = broker
+	return h, nil
+}
+
+// stop closes every connection, then the NATS connection.
+func (h *herald) stop(ctx context.Context) error {
+	err := h.srv.Stop(ctx)
+	h.broker.Close()
+	return err
 }
 
 // newLogger builds the process logger from the --log-level and --log-format

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herald-ws/herald/engine"
+)
+
+// sinkEnv makes the test binary a subscriber sink instead of running tests:
+// "ADDR N CHANNEL" opens N WebSocket connections subscribed to CHANNEL,
+// prints "ready" once all are upgraded, and reads and discards until its
+// stdin closes. The benchmark runs it in a child process because one
+// process may hold only 20,000 open files, and each connection costs the
+// server one and the client one.
+const sinkEnv = "HERALD_TEST_SINK"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(sinkEnv); spec != "" {
+		if err := runSink(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "sink:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runSink(spec string) error {
+	var addr, channel string
+	var n int
+	if _, err := fmt.Sscan(spec, &addr, &n, &channel); err != nil {
+		return fmt.Errorf("spec %q: %w", spec, err)
+	}
+	request := "GET /ws?channel=" + channel + " HTTP/1.1\r\nHost: sink\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	conns := make([]net.Conn, 0, n)
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		if _, err := io.WriteString(c, request); err != nil {
+			return err
+		}
+		conns = append(conns, c)
+	}
+	// upgraded counts down as connections finish their handshake; each
+	// then keeps reading, so the server never sees a slow consumer.
+	var upgraded sync.WaitGroup
+	errs := make(chan error, n)
+	for _, c := range conns {
+		upgraded.Add(1)
+		go func() {
+			r := bufio.NewReaderSize(c, 4096)
+			err := readUpgradeResponse(r)
+			upgraded.Done()
+			if err != nil {
+				errs <- err
+				return
+			}
+			_, _ = io.Copy(io.Discard, r)
+		}()
+	}
+	upgraded.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// readUpgradeResponse reads an HTTP response head and checks it is a 101.
+func readUpgradeResponse(r *bufio.Reader) error {
+	status, err := r.ReadString('\n')
+	if err != nil || !strings.Contains(status, " 101 ") {
+		return fmt.Errorf("upgrade: %q %v", status, err)
+	}
+	for line := ""; line != "\r\n"; {
+		if line, err = r.ReadString('\n'); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startSink runs n subscribers to channel in a child process.
+func startSink(b *testing.B, addr string, n int, channel string) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), sinkEnv+"="+addr+" "+strconv.Itoa(n)+" "+channel)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		b.Fatalf("sink did not get ready: %q %v", line, err)
+	}
+}
+
+// BenchmarkBroadcast measures the broadcast path: one op is one 64-byte
+// message handed to the engine and written to every one of 10,000
+// subscribed sockets. Allocations are counted in this process only, which
+// holds the server; the subscribers live in a child process.
+func BenchmarkBroadcast(b *testing.B) {
+	const subscribers = 10_000
+	h := startTestHerald(b, heraldConfig{Engine: engine.Config{MaxOutbound: 64 << 20}})
+	startSink(b, h.srv.Addr(), subscribers, "bench.hot")
+	payload := []byte(`{"sym":"AAPL","px":187.25,"ts":1732180000000,"seq":123456789012}`)
+	if len(payload) != 64 {
+		b.Fatalf("payload is %d bytes, want 64", len(payload))
+	}
+	deliver := func(n int) time.Duration {
+		start := time.Now()
+		want := h.srv.Stats().Deliveries + uint64(n)*subscribers
+		for range n {
+			h.srv.Deliver("bench.hot", "bench.hot", payload)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for h.srv.Stats().Deliveries < want {
+			if time.Now().After(deadline) {
+				b.Fatalf("delivered %d short of %d", want-h.srv.Stats().Deliveries, uint64(n)*subscribers)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		return time.Since(start)
+	}
+	deliver(b.N) // fill the pools for a burst this size, untimed
+	b.ReportAllocs()
+	b.ResetTimer()
+	elapsed := deliver(b.N)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)*subscribers/elapsed.Seconds(), "deliveries/s")
+	if slow := h.srv.Stats().SlowConsumers; slow != 0 {
+		b.Fatalf("%d subscribers were cut as slow consumers", slow)
+	}
+}

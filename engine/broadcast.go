@@ -1,0 +1,493 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"math/bits"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/herald-ws/herald/codec"
+)
+
+// Channels is the message bus behind the push endpoint: which channel
+// names are valid, when the process starts and stops wanting a channel,
+// and how wildcard patterns match. In the herald binary it is NATS
+// (package pubsub); the engine knows nothing more of it.
+type Channels interface {
+	// Validate checks a channel a client asked for. Its error should be a
+	// *ChannelError, whose code the client receives.
+	Validate(channel string) error
+	// Acquire is called when the first socket in the process subscribes to
+	// channel, and Release when the last one leaves it.
+	Acquire(channel string) error
+	Release(channel string)
+	// Matches reports whether a message published on subject matches the
+	// channel pattern.
+	Matches(pattern, subject string) bool
+}
+
+// ChannelError is a refusal the client can act on, sent in band as
+// {"op":"error","code":Code,"message":Message}.
+type ChannelError struct {
+	Code    string
+	Message string
+}
+
+func (e *ChannelError) Error() string { return e.Code + ": " + e.Message }
+
+// hub tracks, for every channel with subscribers in the process, which
+// loops have them. Loops take its lock only when a channel appears on or
+// disappears from them; delivering a message takes it once per message on
+// the bus's goroutine, never per socket and never on a loop.
+type hub struct {
+	bus      Channels
+	mu       sync.RWMutex
+	channels map[string]*channel
+	free     sync.Pool // *delivery
+}
+
+// channel is the process-wide state of one subscribed pattern.
+type channel struct {
+	loops uint64       // bit i set: loop i has subscribers (guarded by hub.mu)
+	raw   atomic.Int32 // subscribers that want the bare payload, over all loops
+}
+
+// delivery is one message on its way to the loops: encoded once per
+// format, shared read-only by every loop it is queued to, and recycled
+// when the last of them is done.
+type delivery struct {
+	pattern string // the channel it arrived through
+	subject string // the subject it was published on
+	json    *bytebufferpool.ByteBuffer
+	raw     *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
+	jsonAt  int                        // where the frame starts in json.B
+	refs    atomic.Int32
+}
+
+func newHub(bus Channels) *hub {
+	h := &hub{bus: bus, channels: make(map[string]*channel)}
+	h.free.New = func() any { return new(delivery) }
+	return h
+}
+
+// join records that loop index has gained its first subscriber to pattern,
+// subscribing the process to it if no loop had one.
+func (h *hub) join(pattern string, loop int) (*channel, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch := h.channels[pattern]
+	if ch == nil {
+		if err := h.bus.Acquire(pattern); err != nil {
+			return nil, err
+		}
+		ch = new(channel)
+		h.channels[pattern] = ch
+	}
+	ch.loops |= 1 << loop
+	return ch, nil
+}
+
+// leave records that loop index has lost its last subscriber to pattern.
+func (h *hub) leave(pattern string, loop int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch := h.channels[pattern]
+	if ch == nil {
+		return
+	}
+	ch.loops &^= 1 << loop
+	if ch.loops == 0 {
+		delete(h.channels, pattern)
+		h.bus.Release(pattern)
+	}
+}
+
+// Deliver hands a message published on subject, which arrived through the
+// subscription to pattern, to every loop with subscribers to pattern. It is
+// safe to call from any goroutine and does not keep data.
+func (s *Server) Deliver(pattern, subject string, data []byte) {
+	h := s.hub
+	if h == nil {
+		return
+	}
+	h.mu.RLock()
+	ch := h.channels[pattern]
+	var mask uint64
+	if ch != nil {
+		mask = ch.loops
+	}
+	h.mu.RUnlock()
+	if mask == 0 {
+		return
+	}
+	d := h.free.Get().(*delivery)
+	d.pattern, d.subject = pattern, subject
+	d.json = bytebufferpool.Get()
+	d.json.B, d.jsonAt = appendEnvelopeFrame(d.json.B[:0], subject, data)
+	if ch.raw.Load() > 0 {
+		d.raw = bytebufferpool.Get()
+		op := ws.OpText
+		if !utf8.Valid(data) {
+			op = ws.OpBinary
+		}
+		d.raw.B = codec.AppendFrame(d.raw.B[:0], op, data)
+	}
+	d.refs.Store(int32(bits.OnesCount64(mask)))
+	loops := *s.loops.Load()
+	for mask != 0 {
+		i := bits.TrailingZeros64(mask)
+		mask &^= 1 << i
+		loops[i].enqueue(d)
+	}
+}
+
+// frames returns the encoded frame for a subscriber's format.
+func (d *delivery) frame(raw bool) []byte {
+	if raw {
+		return d.raw.B
+	}
+	return d.json.B[d.jsonAt:]
+}
+
+func (h *hub) release(d *delivery) {
+	if d.refs.Add(-1) != 0 {
+		return
+	}
+	bytebufferpool.Put(d.json)
+	if d.raw != nil {
+		bytebufferpool.Put(d.raw)
+	}
+	*d = delivery{}
+	h.free.Put(d)
+}
+
+// envelopeHeadroom is room left in front of an envelope for its frame
+// header, the longest one a server frame can need.
+const envelopeHeadroom = 10
+
+// appendEnvelopeFrame encodes {"channel":subject,"data":payload} as a text
+// frame in dst. data goes in as it is when it is valid JSON, and as a JSON
+// string otherwise. The header's length is only known once the envelope is
+// written, so the envelope is written behind room for the longest header
+// and the header is put right in front of it; the frame starts at the
+// returned offset.
+func appendEnvelopeFrame(dst []byte, subject string, data []byte) ([]byte, int) {
+	start := len(dst)
+	dst = append(dst, make([]byte, envelopeHeadroom)...)
+	body := len(dst)
+	dst = append(dst, `{"channel":`...)
+	dst = appendJSONString(dst, []byte(subject))
+	dst = append(dst, `,"data":`...)
+	if json.Valid(data) {
+		dst = append(dst, data...)
+	} else {
+		dst = appendJSONString(dst, data)
+	}
+	dst = append(dst, '}')
+	var hdr [envelopeHeadroom]byte
+	h := codec.AppendHeader(hdr[:0], ws.OpText, true, len(dst)-body)
+	at := body - len(h)
+	copy(dst[at:], h)
+	return dst, at - start
+}
+
+// appendJSONString appends s as a JSON string. Bytes that are not UTF-8
+// become U+FFFD, as encoding/json does.
+func appendJSONString(dst, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c == '\n':
+				dst = append(dst, '\\', 'n')
+			case c == '\r':
+				dst = append(dst, '\\', 'r')
+			case c == '\t':
+				dst = append(dst, '\\', 't')
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xF])
+		default:
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}
+
+// topic is one loop's subscribers to one channel pattern.
+type topic struct {
+	pattern string
+	channel *channel
+	members []*conn // conn.subs holds each member's position here
+	batch   int     // 1 + index in loop.groups while a flush runs; 0 otherwise
+}
+
+// sub is one of a connection's subscriptions: the topic, and where the
+// connection sits in its member list, so leaving costs O(1).
+type sub struct {
+	topic *topic
+	pos   int32
+}
+
+// group is the part of a flushed batch that went to one topic.
+type group struct {
+	topic      *topic
+	deliveries []*delivery
+}
+
+// enqueue queues d for the loop and, if the queue was empty, schedules a
+// flush. Deliveries that arrive while a flush is pending ride along with it,
+// which is what lets several messages reach a socket in one write.
+func (l *loop) enqueue(d *delivery) {
+	l.inboxMu.Lock()
+	l.inbox = append(l.inbox, d)
+	schedule := !l.flushPending
+	l.flushPending = true
+	l.inboxMu.Unlock()
+	if schedule {
+		if err := l.el.Execute(context.Background(), l.flushTask); err != nil {
+			l.inboxMu.Lock()
+			l.flushPending = false
+			batch := l.inbox
+			l.inbox = l.inbox[:0]
+			l.inboxMu.Unlock()
+			for _, d := range batch {
+				l.s.hub.release(d)
+			}
+		}
+	}
+}
+
+// flush writes every queued delivery to the loop's subscribers. A batch is
+// grouped by topic first, so a socket gets all its frames of the batch in
+// one write.
+func (l *loop) flush(context.Context) error {
+	l.inboxMu.Lock()
+	batch := l.inbox
+	l.inbox, l.spare = l.spare[:0], batch
+	l.flushPending = false
+	l.inboxMu.Unlock()
+
+	l.groups = l.groups[:0]
+	for _, d := range batch {
+		t := l.topics[d.pattern]
+		if t == nil { // the last subscriber left while the message was on its way
+			l.s.hub.release(d)
+			continue
+		}
+		if t.batch == 0 {
+			if len(l.groups) < cap(l.groups) {
+				l.groups = l.groups[:len(l.groups)+1]
+				g := &l.groups[len(l.groups)-1]
+				g.topic, g.deliveries = t, g.deliveries[:0]
+			} else {
+				l.groups = append(l.groups, group{topic: t})
+			}
+			t.batch = len(l.groups)
+		}
+		g := &l.groups[t.batch-1]
+		g.deliveries = append(g.deliveries, d)
+	}
+	for i := range l.groups {
+		g := &l.groups[i]
+		g.topic.batch = 0
+		l.deliverGroup(g.topic, g.deliveries)
+		for j, d := range g.deliveries {
+			l.s.hub.release(d)
+			g.deliveries[j] = nil
+		}
+		g.topic = nil
+	}
+	clear(batch)
+	return nil
+}
+
+// deliverGroup writes a run of deliveries on one topic to its members.
+func (l *loop) deliverGroup(t *topic, ds []*delivery) {
+	var jsonFrames, rawFrames []byte
+	if len(ds) == 1 {
+		jsonFrames = ds[0].frame(false)
+		if ds[0].raw != nil {
+			rawFrames = ds[0].frame(true)
+		}
+	} else {
+		l.joined = l.joined[:0]
+		for _, d := range ds {
+			l.joined = append(l.joined, d.frame(false)...)
+		}
+		jsonFrames = l.joined
+		if ds[0].raw != nil {
+			l.joinedRaw = l.joinedRaw[:0]
+			for _, d := range ds {
+				if d.raw != nil {
+					l.joinedRaw = append(l.joinedRaw, d.frame(true)...)
+				}
+			}
+			rawFrames = l.joinedRaw
+		}
+	}
+	var written uint64
+	// Backwards, because a write can close a connection, which moves the
+	// last member into its place.
+	for i := len(t.members) - 1; i >= 0; i-- {
+		if i >= len(t.members) {
+			continue
+		}
+		c := t.members[i]
+		if c.state != stateOpen {
+			continue
+		}
+		raw := c.route == routePushRaw
+		switch {
+		case len(c.subs) > 1:
+			written += c.writeFiltered(t.pattern, ds, raw)
+		case raw:
+			c.write(rawFrames)
+			written += uint64(len(ds))
+		default:
+			c.write(jsonFrames)
+			written += uint64(len(ds))
+		}
+		if c.state == stateOpen && c.gc.OutboundBuffered() > l.s.cfg.MaxOutbound {
+			c.cutSlowConsumer()
+		}
+	}
+	l.stats.deliveries.Add(written)
+}
+
+// writeFiltered writes to a connection with several subscriptions the
+// deliveries it should take through pattern: those whose subject none of
+// its patterns that sort before pattern also match. Every pattern that
+// matches a subject receives the message from the bus, so exactly one of
+// them, the least, lets it through.
+func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) uint64 {
+	matches := c.loop.s.hub.bus.Matches
+	var n uint64
+	for _, d := range ds {
+		if raw && d.raw == nil {
+			continue
+		}
+		owner := true
+		for _, s := range c.subs {
+			if p := s.topic.pattern; p < pattern && matches(p, d.subject) {
+				owner = false
+				break
+			}
+		}
+		if owner && c.write(d.frame(raw)) {
+			n++
+		}
+	}
+	return n
+}
+
+// subscribe adds the connection to pattern's topic on its loop.
+func (c *conn) subscribe(pattern string) error {
+	for _, s := range c.subs {
+		if s.topic.pattern == pattern {
+			return nil
+		}
+	}
+	if len(c.subs) >= c.loop.s.cfg.MaxChannels {
+		return &ChannelError{Code: "too_many_channels", Message: "at most " + strconv.Itoa(c.loop.s.cfg.MaxChannels) + " channels per connection"}
+	}
+	l := c.loop
+	t := l.topics[pattern]
+	if t == nil {
+		ch, err := l.s.hub.join(pattern, l.index)
+		if err != nil {
+			return &ChannelError{Code: "unavailable", Message: "cannot subscribe: " + err.Error()}
+		}
+		t = &topic{pattern: pattern, channel: ch}
+		l.topics[pattern] = t
+	}
+	if c.route == routePushRaw {
+		t.channel.raw.Add(1)
+	}
+	c.subs = append(c.subs, sub{topic: t, pos: int32(len(t.members))})
+	t.members = append(t.members, c)
+	return nil
+}
+
+// unsubscribe removes the connection from pattern's topic, if it is in it.
+func (c *conn) unsubscribe(pattern string) {
+	for k, s := range c.subs {
+		if s.topic.pattern == pattern {
+			c.leave(k)
+			return
+		}
+	}
+}
+
+// unsubscribeAll removes the connection from every topic.
+func (c *conn) unsubscribeAll() {
+	for len(c.subs) > 0 {
+		c.leave(len(c.subs) - 1)
+	}
+	c.subs = nil
+}
+
+// leave removes subscription k, swapping the last member of the topic into
+// the connection's place and the connection's last subscription into k.
+func (c *conn) leave(k int) {
+	s := c.subs[k]
+	t := s.topic
+	last := len(t.members) - 1
+	if moved := t.members[last]; moved != c {
+		t.members[s.pos] = moved
+		for j := range moved.subs {
+			if moved.subs[j].topic == t {
+				moved.subs[j].pos = s.pos
+				break
+			}
+		}
+	}
+	t.members[last] = nil
+	t.members = t.members[:last]
+	if c.route == routePushRaw {
+		t.channel.raw.Add(-1)
+	}
+	if len(t.members) == 0 {
+		l := c.loop
+		delete(l.topics, t.pattern)
+		l.s.hub.leave(t.pattern, l.index)
+	}
+	n := len(c.subs) - 1
+	c.subs[k] = c.subs[n]
+	c.subs[n] = sub{}
+	c.subs = c.subs[:n]
+}
+
+// cutSlowConsumer closes a connection whose unsent data passed the
+// outbound cap: it is not reading, and more data would let one client grow
+// the server's memory without bound. Nothing is added after the close
+// frame; a client that was only briefly slow still drains what it was sent
+// and learns why, and one that stays stuck is closed by the sweep.
+func (c *conn) cutSlowConsumer() {
+	l := c.loop
+	l.stats.slowConsumers.Add(1)
+	l.s.log.Warn("closing slow consumer", "remote", c.gc.RemoteAddr(), "outbound", c.gc.OutboundBuffered(), "cap", l.s.cfg.MaxOutbound)
+	c.close(ws.StatusPolicyViolation, "slow consumer: outbound buffer over the cap")
+}

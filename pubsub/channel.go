@@ -1,0 +1,151 @@
+package pubsub
+
+import (
+	"strings"
+	"unicode/utf8"
+	"unsafe"
+)
+
+// MaxChannelLen is the longest channel name, in bytes, that Herald accepts.
+// NATS itself allows longer subjects; the cap keeps per-socket indexes and
+// the protocol messages that echo channel names small.
+const MaxChannelLen = 256
+
+// Error codes carried by ChannelError. They are part of the client protocol
+// ({"op":"error","code":...}), so they never change once released.
+const (
+	CodeInvalidChannel    = "invalid_channel"
+	CodeWildcardsDisabled = "wildcards_disabled"
+)
+
+// ChannelError reports a channel name a client may not use. Code is stable
+// and machine-readable; Message is a short human-readable reason that never
+// echoes the offending name back (the engine decides whether to).
+type ChannelError struct {
+	Code    string
+	Message string
+}
+
+func (e *ChannelError) Error() string { return e.Code + ": " + e.Message }
+
+func invalid(msg string) *ChannelError {
+	return &ChannelError{Code: CodeInvalidChannel, Message: msg}
+}
+
+// ValidateChannel checks a channel name a client asked for. A channel is a
+// NATS subject of 1..MaxChannelLen bytes: tokens separated by '.', no empty
+// tokens, no ASCII whitespace or control bytes, valid UTF-8. '*' is allowed
+// only as a whole token and '>' only as the whole last token; when
+// allowWildcards is false either one is refused with CodeWildcardsDisabled, so
+// a client can tell "malformed" from "not allowed here".
+//
+// The error, if any, is a *ChannelError. ValidateChannel does not allocate
+// unless it returns an error.
+func ValidateChannel(ch string, allowWildcards bool) error {
+	return validateChannel(ch, allowWildcards)
+}
+
+// ValidateChannelBytes is ValidateChannel for a name still in a network
+// buffer (for example a query parameter before the upgrade). It neither
+// copies nor retains ch.
+func ValidateChannelBytes(ch []byte, allowWildcards bool) error {
+	// The string view lives only for the duration of the call and is never
+	// stored or returned, so sharing ch's memory is safe.
+	return validateChannel(unsafe.String(unsafe.SliceData(ch), len(ch)), allowWildcards)
+}
+
+// validateChannel returns *ChannelError as error only when non-nil, so that
+// callers never see a typed nil inside a non-nil interface.
+func validateChannel(ch string, allowWildcards bool) error {
+	if ch == "" {
+		return invalid("channel is empty")
+	}
+	if len(ch) > MaxChannelLen {
+		return invalid("channel is longer than 256 bytes")
+	}
+	wildcard := false
+	ascii := true
+	start := 0 // first byte of the current token
+	for i := 0; i <= len(ch); i++ {
+		if i < len(ch) {
+			c := ch[i]
+			switch {
+			case c == '.':
+			case c <= ' ' || c == 0x7f:
+				return invalid("channel contains whitespace or a control byte")
+			case c >= utf8.RuneSelf:
+				ascii = false
+				continue
+			default:
+				continue
+			}
+		}
+		// ch[start:i] is a complete token.
+		tok := ch[start:i]
+		switch {
+		case tok == "":
+			return invalid("channel has an empty token (leading, trailing or double '.')")
+		case tok == "*":
+			wildcard = true
+		case tok == ">":
+			if i != len(ch) {
+				return invalid("'>' is only allowed as the last token")
+			}
+			wildcard = true
+		case strings.IndexByte(tok, '*') >= 0:
+			return invalid("'*' is only allowed as a whole token")
+		case strings.IndexByte(tok, '>') >= 0:
+			return invalid("'>' is only allowed as a whole last token")
+		}
+		start = i + 1
+	}
+	if !ascii && !utf8.ValidString(ch) {
+		return invalid("channel is not valid UTF-8")
+	}
+	if wildcard && !allowWildcards {
+		return &ChannelError{Code: CodeWildcardsDisabled, Message: "wildcard channels are disabled"}
+	}
+	return nil
+}
+
+// Matches reports whether the concrete subject matches pattern under NATS
+// wildcard rules: '*' matches exactly one token, '>' (as the last token)
+// matches one or more trailing tokens, any other token matches itself.
+// Wildcards only have meaning in pattern. An empty token in subject never
+// matches a wildcard. Matches does not allocate.
+//
+// Both arguments are expected to be valid (see ValidateChannel); for
+// malformed input the result is well defined but not meaningful.
+func Matches(pattern, subject string) bool {
+	if pattern == "" || subject == "" {
+		return false
+	}
+	for {
+		pi := strings.IndexByte(pattern, '.')
+		ptok := pattern
+		if pi >= 0 {
+			ptok = pattern[:pi]
+		}
+		if pi < 0 && ptok == ">" {
+			// One or more tokens remain in subject, none of them empty.
+			return subject != "" && subject[0] != '.' && subject[len(subject)-1] != '.' &&
+				!strings.Contains(subject, "..")
+		}
+		si := strings.IndexByte(subject, '.')
+		stok := subject
+		if si >= 0 {
+			stok = subject[:si]
+		}
+		if ptok == "*" {
+			if stok == "" {
+				return false
+			}
+		} else if ptok != stok {
+			return false
+		}
+		if pi < 0 || si < 0 {
+			return pi < 0 && si < 0
+		}
+		pattern, subject = pattern[pi+1:], subject[si+1:]
+	}
+}
