@@ -61,9 +61,18 @@ type Config struct {
 	// MaxOutbound caps the bytes waiting to be sent to one connection; a
 	// subscriber that falls further behind is closed with 1008. Default 1 MiB.
 	MaxOutbound int
+	// HTTP answers plain HTTP GET requests on the same port, by exact path:
+	// the demo page, /metrics, /readyz. /healthz is built in.
+	HTTP map[string]HTTPHandler
 	// Logger receives the engine's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
+
+// HTTPHandler answers a plain HTTP GET request. It appends the response
+// body to dst and returns it with the status and content type. It runs on
+// an event loop, so it must be quick: a slow handler delays every socket
+// on that loop.
+type HTTPHandler func(dst []byte, req *codec.Request) (body []byte, status int, contentType string)
 
 // EchoPath is where the echo endpoint lives when Config.Echo is set.
 const EchoPath = "/echo"

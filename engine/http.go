@@ -18,19 +18,30 @@ func (s *Server) route(path []byte) uint8 {
 }
 
 // serveHTTP answers a request for anything but a WebSocket endpoint. Herald
-// shares its port with the few plain HTTP paths operators and load balancers
-// need, answers each request on its own connection and closes it.
+// shares its port with the few plain HTTP paths operators, load balancers
+// and the demo page need, answers each request on its own connection and
+// closes it.
 func (c *conn) serveHTTP(req *codec.Request) {
-	switch string(req.Path) {
-	case "/healthz":
-		if string(req.Method) != "GET" {
-			c.answer(&codec.HTTPError{Status: 405, Reason: "method not allowed", Header: "Allow: GET\r\n"})
-			return
-		}
-		c.respond(200, "text/plain; charset=utf-8", []byte("ok\n"))
-	default:
+	path := string(req.Path)
+	handler := c.loop.s.cfg.HTTP[path]
+	if handler == nil && path != "/healthz" {
 		c.answer(&codec.HTTPError{Status: 404, Reason: "not found"})
+		return
 	}
+	if string(req.Method) != "GET" {
+		c.answer(&codec.HTTPError{Status: 405, Reason: "method not allowed", Header: "Allow: GET\r\n"})
+		return
+	}
+	if handler == nil {
+		c.respond(200, "text/plain; charset=utf-8", []byte("ok\n"))
+		return
+	}
+	body := response()
+	defer bytebufferpool.Put(body)
+	var status int
+	var contentType string
+	body.B, status, contentType = handler(body.B[:0], req)
+	c.respond(status, contentType, body.B)
 }
 
 // respond sends a complete HTTP answer and closes.
