@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -67,6 +68,7 @@ type delivery struct {
 	json    *bytebufferpool.ByteBuffer
 	raw     *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
 	jsonAt  int                        // where the frame starts in json.B
+	arrived time.Time                  // when the bus handed it over
 	refs    atomic.Int32
 }
 
@@ -127,7 +129,7 @@ func (s *Server) Deliver(pattern, subject string, data []byte) {
 		return
 	}
 	d := h.free.Get().(*delivery)
-	d.pattern, d.subject = pattern, subject
+	d.pattern, d.subject, d.arrived = pattern, subject, time.Now()
 	d.json = bytebufferpool.Get()
 	d.json.B, d.jsonAt = appendEnvelopeFrame(d.json.B[:0], subject, data)
 	if ch.raw.Load() > 0 {
@@ -155,10 +157,14 @@ func (d *delivery) frame(raw bool) []byte {
 	return d.json.B[d.jsonAt:]
 }
 
-func (h *hub) release(d *delivery) {
+// release is called by each loop done with d. The last one records how
+// long the message took from the bus to its last socket write.
+func (l *loop) release(d *delivery) {
 	if d.refs.Add(-1) != 0 {
 		return
 	}
+	l.stats.latency.observe(time.Since(d.arrived))
+	h := l.s.hub
 	bytebufferpool.Put(d.json)
 	if d.raw != nil {
 		bytebufferpool.Put(d.raw)
@@ -274,7 +280,7 @@ func (l *loop) enqueue(d *delivery) {
 			l.inbox = l.inbox[:0]
 			l.inboxMu.Unlock()
 			for _, d := range batch {
-				l.s.hub.release(d)
+				l.release(d)
 			}
 		}
 	}
@@ -294,7 +300,7 @@ func (l *loop) flush(context.Context) error {
 	for _, d := range batch {
 		t := l.topics[d.pattern]
 		if t == nil { // the last subscriber left while the message was on its way
-			l.s.hub.release(d)
+			l.release(d)
 			continue
 		}
 		if t.batch == 0 {
@@ -315,7 +321,7 @@ func (l *loop) flush(context.Context) error {
 		g.topic.batch = 0
 		l.deliverGroup(g.topic, g.deliveries)
 		for j, d := range g.deliveries {
-			l.s.hub.release(d)
+			l.release(d)
 			g.deliveries[j] = nil
 		}
 		g.topic = nil
@@ -348,7 +354,7 @@ func (l *loop) deliverGroup(t *topic, ds []*delivery) {
 			rawFrames = l.joinedRaw
 		}
 	}
-	var written uint64
+	var written, bytes uint64
 	// Backwards, because a write can close a connection, which moves the
 	// last member into its place.
 	for i := len(t.members) - 1; i >= 0; i-- {
@@ -362,19 +368,23 @@ func (l *loop) deliverGroup(t *topic, ds []*delivery) {
 		raw := c.route == routePushRaw
 		switch {
 		case len(c.subs) > 1:
-			written += c.writeFiltered(t.pattern, ds, raw)
+			n, b := c.writeFiltered(t.pattern, ds, raw)
+			written, bytes = written+n, bytes+b
 		case raw:
 			c.write(rawFrames)
 			written += uint64(len(ds))
+			bytes += uint64(len(rawFrames))
 		default:
 			c.write(jsonFrames)
 			written += uint64(len(ds))
+			bytes += uint64(len(jsonFrames))
 		}
 		if c.state == stateOpen && c.gc.OutboundBuffered() > l.s.cfg.MaxOutbound {
 			c.cutSlowConsumer()
 		}
 	}
 	l.stats.deliveries.Add(written)
+	l.stats.bytesOut.Add(bytes)
 }
 
 // writeFiltered writes to a connection with several subscriptions the
@@ -382,9 +392,8 @@ func (l *loop) deliverGroup(t *topic, ds []*delivery) {
 // its patterns that sort before pattern also match. Every pattern that
 // matches a subject receives the message from the bus, so exactly one of
 // them, the least, lets it through.
-func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) uint64 {
+func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) (n, bytes uint64) {
 	matches := c.loop.s.hub.bus.Matches
-	var n uint64
 	for _, d := range ds {
 		if raw && d.raw == nil {
 			continue
@@ -396,11 +405,12 @@ func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) uint64 {
 				break
 			}
 		}
-		if owner && c.write(d.frame(raw)) {
+		if frame := d.frame(raw); owner && c.write(frame) {
 			n++
+			bytes += uint64(len(frame))
 		}
 	}
-	return n
+	return n, bytes
 }
 
 // subscribe adds the connection to pattern's topic on its loop.

@@ -37,11 +37,12 @@ type conn struct {
 	loop     *loop
 	rd       *reader // nil unless a message spans callbacks
 	subs     []sub   // channels subscribed to, on PushPath
-	deadline int64   // unix nanoseconds when the sweep closes the connection; 0 = none
-	slot     int32   // index in loop.conns
+	deadline int64   // unix nanoseconds of the next sweep action: timeout, ping or reap
+	slot     int32   // index in loop.pending or loop.conns
 	scanned  uint16  // bytes of the request head already searched for its end
 	state    uint8
 	route    uint8
+	pinged   bool // a ping is out and unanswered; the deadline is the pong's
 }
 
 // reader holds a message whose frames or payload arrive over several
@@ -66,8 +67,15 @@ func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := h.s.loopFor(gc.EventLoop())
 	c := &conn{gc: gc, loop: l, deadline: time.Now().Add(h.s.cfg.HandshakeTimeout).UnixNano()}
-	l.add(c)
+	l.track(c)
+	l.stats.open.Add(1)
+	l.stats.accepted.Add(1)
 	gc.SetContext(c)
+	// A peer that vanished without a FIN would otherwise pin whatever is
+	// queued for it until the kernel's retransmissions give up, which takes
+	// many minutes: bound it by the reaper's own horizon.
+	_ = unix.SetsockoptInt(gc.Fd(), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT,
+		int((h.s.cfg.PingInterval + h.s.cfg.PongTimeout).Milliseconds()))
 	return nil, gnet.None
 }
 
@@ -77,7 +85,11 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		return gnet.None
 	}
 	gc.SetContext(nil)
-	c.loop.remove(c)
+	c.loop.untrack(c)
+	c.loop.stats.open.Add(-1)
+	if c.state == stateOpen {
+		c.loop.s.wsConns.Add(-1)
+	}
 	c.unsubscribeAll()
 	c.releaseReader()
 	// A write after this point could reach another client that gets the same
@@ -96,6 +108,7 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	case stateHandshake:
 		c.readRequest()
 	case stateOpen:
+		c.alive()
 		c.readFrames()
 	}
 	if c.state == stateClosing {
@@ -112,23 +125,27 @@ func (c *conn) readRequest() {
 	n := codec.HeadLength(buf, int(c.scanned))
 	if n == 0 {
 		if len(buf) >= s.cfg.MaxHeadSize {
-			c.answer(&codec.HTTPError{Status: 431, Reason: "request header fields too large"})
+			c.refuse(refusedTooLarge, errHeadTooLarge)
 			return
 		}
 		c.scanned = uint16(len(buf))
 		return
 	}
 	if n > s.cfg.MaxHeadSize {
-		c.answer(&codec.HTTPError{Status: 431, Reason: "request header fields too large"})
+		c.refuse(refusedTooLarge, errHeadTooLarge)
 		return
 	}
 	req := &c.loop.request
 	if err := codec.ParseRequest(buf[:n], req); err != nil {
-		c.answer(err)
+		c.refuse(refusedBadRequest, err)
 		return
 	}
 	route := s.route(req.Path)
 	if route == 0 {
+		if req.IsUpgrade() {
+			c.refuse(refusedNotFound, errNoSuchEndpoint)
+			return
+		}
 		c.serveHTTP(req)
 		return
 	}
@@ -136,7 +153,7 @@ func (c *conn) readRequest() {
 	if route == routePush {
 		var err error
 		if query, err = s.parsePushQuery(req.RawQuery); err != nil {
-			c.answer(err)
+			c.refuse(refusedBadRequest, err)
 			return
 		}
 		if query.raw {
@@ -147,14 +164,22 @@ func (c *conn) readRequest() {
 	defer bytebufferpool.Put(out)
 	var err error
 	if out.B, err = s.upgrader.Upgrade(out.B, req); err != nil {
-		c.answer(err)
+		var he *codec.HTTPError
+		errors.As(err, &he)
+		c.refuse(refusalFor(he.Status), err)
 		return
 	}
+	if reason, err := c.admit(); err != nil {
+		c.refuse(reason, err)
+		return
+	}
+	c.route, c.scanned = route, 0
+	c.setState(stateOpen)
+	c.alive()
 	if !c.write(out.B) {
 		return
 	}
 	_, _ = c.gc.Discard(n)
-	c.state, c.route, c.deadline, c.scanned = stateOpen, route, 0, 0
 	for _, ch := range query.channels {
 		if err := c.subscribe(ch); err != nil {
 			c.replyChannelError(nil, err)
@@ -360,6 +385,56 @@ func (c *conn) write(b []byte) bool {
 	return c.state != stateClosed
 }
 
+// Refusals the engine makes itself, before or instead of an upgrade.
+var (
+	errHeadTooLarge   = &codec.HTTPError{Status: 431, Reason: "request header fields too large"}
+	errNoSuchEndpoint = &codec.HTTPError{Status: 404, Reason: "no WebSocket endpoint at this path"}
+	errDraining       = &codec.HTTPError{Status: 503, Reason: "server is shutting down", Header: "Retry-After: 5\r\n"}
+	errConnLimit      = &codec.HTTPError{Status: 503, Reason: "connection limit reached", Header: "Retry-After: 10\r\n"}
+	errRateLimit      = &codec.HTTPError{Status: 503, Reason: "too many new connections, retry shortly", Header: "Retry-After: 1\r\n"}
+)
+
+// admit applies the server-wide limits to a valid upgrade request and, if
+// it may go ahead, counts it as an open WebSocket connection.
+func (c *conn) admit() (reason int, err error) {
+	s := c.loop.s
+	switch {
+	case s.draining.Load():
+		return refusedDraining, errDraining
+	case !c.loop.upgradeToken():
+		return refusedRateLimit, errRateLimit
+	}
+	if s.wsConns.Add(1) > int64(s.cfg.MaxConns) {
+		s.wsConns.Add(-1)
+		return refusedConnLimit, errConnLimit
+	}
+	return 0, nil
+}
+
+// upgradeToken takes a token from the loop's share of MaxAcceptRate. Each
+// loop refills its own bucket, so the limit costs no shared state.
+func (l *loop) upgradeToken() bool {
+	rate := l.s.cfg.MaxAcceptRate
+	if rate <= 0 {
+		return true
+	}
+	perLoop := max(float64(rate)/float64(l.s.cfg.Loops), 1)
+	now := time.Now().UnixNano()
+	l.tokens = min(perLoop, l.tokens+float64(now-l.tokensAt)*perLoop/1e9)
+	l.tokensAt = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+// refuse answers a request Herald will not upgrade, and counts why.
+func (c *conn) refuse(reason int, err error) {
+	c.loop.stats.refused[reason].Add(1)
+	c.answer(err)
+}
+
 // fail closes the connection because the client broke the protocol.
 func (c *conn) fail(err error) {
 	var ce *codec.CloseError
@@ -402,7 +477,10 @@ func (c *conn) answer(err error) {
 // CloseTimeout if the peer never does.
 func (c *conn) linger() {
 	c.releaseReader()
-	c.state = stateClosing
+	if c.state == stateOpen {
+		c.loop.s.wsConns.Add(-1)
+	}
+	c.setState(stateClosing)
 	c.deadline = time.Now().Add(c.loop.s.cfg.CloseTimeout).UnixNano()
 	c.shutdownWhenSent()
 }

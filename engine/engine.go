@@ -61,6 +61,21 @@ type Config struct {
 	// MaxOutbound caps the bytes waiting to be sent to one connection; a
 	// subscriber that falls further behind is closed with 1008. Default 1 MiB.
 	MaxOutbound int
+	// PingInterval is how long a WebSocket connection may stay silent
+	// before Herald pings it; any frame from the peer counts as life.
+	// Default 25 s, below common load balancer idle cut-offs.
+	PingInterval time.Duration
+	// PongTimeout is how long a pinged connection has to send anything
+	// before it is closed as dead. Default 10 s.
+	PongTimeout time.Duration
+	// MaxConns caps open WebSocket connections; upgrades past it are
+	// answered 503 with Retry-After. Default: the process's open-file
+	// limit less 64.
+	MaxConns int
+	// MaxAcceptRate caps WebSocket upgrades per second, so a reconnect
+	// storm is turned away cheaply with 503 and Retry-After instead of
+	// starving connected clients. 0 means no limit.
+	MaxAcceptRate int
 	// HTTP answers plain HTTP GET requests on the same port, by exact path:
 	// the demo page, /metrics, /readyz. /healthz is built in.
 	HTTP map[string]HTTPHandler
@@ -80,6 +95,8 @@ const EchoPath = "/echo"
 const (
 	defaultHandshakeTimeout = 5 * time.Second
 	defaultCloseTimeout     = 3 * time.Second
+	defaultPingInterval     = 25 * time.Second
+	defaultPongTimeout      = 10 * time.Second
 	defaultMaxChannels      = 128
 	defaultMaxOutbound      = 1 << 20
 	// maxLoops is how many loops a channel's loop bitmask can name.
@@ -108,6 +125,15 @@ func (c *Config) setDefaults() {
 	if c.CloseTimeout <= 0 {
 		c.CloseTimeout = defaultCloseTimeout
 	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = defaultPingInterval
+	}
+	if c.PongTimeout <= 0 {
+		c.PongTimeout = defaultPongTimeout
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = defaultMaxConns()
+	}
 	if c.MaxChannels <= 0 {
 		c.MaxChannels = defaultMaxChannels
 	}
@@ -119,6 +145,15 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// defaultMaxConns leaves a few files for the listener, NATS and logs.
+func defaultMaxConns() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return max(int(lim.Cur)-64, 1)
+}
+
 // Server is a running Herald engine: one listener and its event loops.
 type Server struct {
 	cfg      Config
@@ -126,6 +161,17 @@ type Server struct {
 	upgrader codec.Upgrader
 	readers  sync.Pool // *reader: state of messages that span callbacks
 	hub      *hub      // nil without Channels
+
+	// sweepEvery is how often loops sweep; sweepPeriod how long a sweep of
+	// all open connections may take, spread over that many sweeps.
+	sweepEvery, sweepPeriod time.Duration
+
+	// Shared by all loops, but touched only when a connection upgrades or
+	// closes, never per frame or per delivery.
+	wsConns  atomic.Int64 // open WebSocket connections, for MaxConns
+	draining atomic.Bool
+	// drainStart and drainSpread are set before draining, in nanoseconds.
+	drainStart, drainSpread atomic.Int64
 
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop] // copy on write: read without a lock on every open
@@ -160,6 +206,8 @@ func New(cfg Config) (*Server, error) {
 		done:    make(chan error, 1),
 		stopped: make(chan struct{}),
 	}
+	s.sweepPeriod = min(cfg.PingInterval, cfg.PongTimeout) / 4
+	s.sweepEvery = min(maxSweepInterval, cfg.HandshakeTimeout/4, cfg.CloseTimeout/4, s.sweepPeriod)
 	s.readers.New = func() any { return new(reader) }
 	if cfg.Channels != nil {
 		s.hub = newHub(cfg.Channels)
@@ -246,20 +294,38 @@ func (s *Server) boundAddr() (string, error) {
 
 // Stats are the server's counters, summed over its loops.
 type Stats struct {
-	Open          int64  // connections open now, in any state
-	Accepted      uint64 // connections accepted since Start
-	Deliveries    uint64 // messages written to subscribers
-	SlowConsumers uint64 // subscribers closed for falling behind
+	Open              int64  // TCP connections open now, in any state
+	Upgraded          int64  // WebSocket connections open now
+	Accepted          uint64 // TCP connections accepted since Start
+	Deliveries        uint64 // messages written to subscribers
+	BytesOut          uint64 // bytes of those messages
+	SlowConsumers     uint64 // subscribers closed for falling behind
+	Pings             uint64 // pings sent to silent connections
+	Reaped            uint64 // connections closed for not answering a ping
+	HandshakeTimeouts uint64 // connections closed before completing a request
+	// Refused counts refused upgrades by reason, named by RefusalReasons.
+	Refused [numRefusals]uint64
+	// Latency is the time from a message's arrival from the bus to its
+	// last write to a socket.
+	Latency Histogram
 }
 
 // Stats reads the counters. It takes no lock any loop takes.
 func (s *Server) Stats() Stats {
-	var st Stats
+	st := Stats{Upgraded: s.wsConns.Load()}
 	for _, l := range *s.loops.Load() {
 		st.Open += l.stats.open.Load()
 		st.Accepted += l.stats.accepted.Load()
 		st.Deliveries += l.stats.deliveries.Load()
+		st.BytesOut += l.stats.bytesOut.Load()
 		st.SlowConsumers += l.stats.slowConsumers.Load()
+		st.Pings += l.stats.pings.Load()
+		st.Reaped += l.stats.reaped.Load()
+		st.HandshakeTimeouts += l.stats.handshakeTimeouts.Load()
+		for i := range st.Refused {
+			st.Refused[i] += l.stats.refused[i].Load()
+		}
+		l.stats.latency.addTo(&st.Latency)
 	}
 	return st
 }
@@ -289,8 +355,7 @@ func (s *Server) loopFor(el gnet.EventLoop) *loop {
 // sweepLoops asks every loop, on its own goroutine, to enforce its
 // connections' deadlines.
 func (s *Server) sweepLoops() {
-	every := min(maxSweepInterval, s.cfg.HandshakeTimeout/4, s.cfg.CloseTimeout/4)
-	t := time.NewTicker(every)
+	t := time.NewTicker(s.sweepEvery)
 	defer t.Stop()
 	for {
 		select {

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,12 +13,24 @@ import (
 // loop is the state Herald keeps for one gnet event loop. Only that loop's
 // goroutine touches it, so nothing here is locked.
 type loop struct {
-	s      *Server
-	el     gnet.EventLoop
-	index  int               // position in Server.loops, and bit in channel.loops
-	conns  []*conn           // every connection on the loop; conn.slot is its index
-	topics map[string]*topic // subscribers on this loop, by channel pattern
-	stats  loopStats
+	s     *Server
+	el    gnet.EventLoop
+	index int   // position in Server.loops, and bit in channel.loops
+	now   int64 // the loop's clock, unix nanoseconds, set every sweep
+
+	// Every connection is on one of two lists; conn.slot is its index there.
+	// The few handshaking and closing ones are checked on every sweep; the
+	// many open ones a slice at a time, from cursor on (see sweep).
+	pending []*conn
+	conns   []*conn
+	cursor  int
+	drain   drainState
+
+	// The loop's share of MaxAcceptRate, as a token bucket.
+	tokens   float64
+	tokensAt int64
+	topics   map[string]*topic // subscribers on this loop, by channel pattern
+	stats    loopStats
 
 	// The inbox is the one place other goroutines reach into a loop: the
 	// bus appends deliveries, and the loop takes the whole batch at once.
@@ -51,6 +62,7 @@ func newLoop(s *Server, el gnet.EventLoop, index int) *loop {
 		el:     el,
 		index:  index,
 		topics: make(map[string]*topic),
+		now:    time.Now().UnixNano(),
 		frame:  make([]byte, 0, 256),
 		iov:    make([][]byte, 0, 8),
 	}
@@ -63,50 +75,14 @@ func newLoop(s *Server, el gnet.EventLoop, index int) *loop {
 // atomics are never contended; they are atomic so that a scrape from
 // another goroutine can read them.
 type loopStats struct {
-	open          atomic.Int64
-	accepted      atomic.Uint64
-	deliveries    atomic.Uint64
-	slowConsumers atomic.Uint64
-}
-
-func (l *loop) add(c *conn) {
-	c.slot = int32(len(l.conns))
-	l.conns = append(l.conns, c)
-	l.stats.open.Add(1)
-	l.stats.accepted.Add(1)
-}
-
-func (l *loop) remove(c *conn) {
-	last := len(l.conns) - 1
-	moved := l.conns[last]
-	l.conns[c.slot] = moved
-	moved.slot = c.slot
-	l.conns[last] = nil
-	l.conns = l.conns[:last]
-	l.stats.open.Add(-1)
-}
-
-// sweep closes the loop's connections whose deadline has passed: those that
-// never finished their HTTP request, and those that linger after a close.
-// A lingering connection whose last bytes have gone out since is
-// half-closed, so that its peer hangs up. It walks backwards because closing
-// a connection moves the last one into its slot.
-func (l *loop) sweep(context.Context) error {
-	now := time.Now().UnixNano()
-	for i := len(l.conns) - 1; i >= 0; i-- {
-		if i >= len(l.conns) {
-			continue // a close removed more than one
-		}
-		c := l.conns[i]
-		if c.state == stateClosing {
-			c.shutdownWhenSent()
-		}
-		if c.deadline != 0 && now >= c.deadline {
-			if c.state == stateHandshake {
-				l.s.log.Debug("handshake timeout", "remote", c.gc.RemoteAddr())
-			}
-			_ = l.el.Close(c.gc)
-		}
-	}
-	return nil
+	open              atomic.Int64 // TCP connections, in any state
+	accepted          atomic.Uint64
+	deliveries        atomic.Uint64
+	bytesOut          atomic.Uint64
+	slowConsumers     atomic.Uint64
+	pings             atomic.Uint64
+	reaped            atomic.Uint64
+	handshakeTimeouts atomic.Uint64
+	refused           [numRefusals]atomic.Uint64
+	latency           histogram
 }

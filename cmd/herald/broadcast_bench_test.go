@@ -24,17 +24,6 @@ import (
 // server one and the client one.
 const sinkEnv = "HERALD_TEST_SINK"
 
-func TestMain(m *testing.M) {
-	if spec := os.Getenv(sinkEnv); spec != "" {
-		if err := runSink(spec); err != nil {
-			fmt.Fprintln(os.Stderr, "sink:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
 func runSink(spec string) error {
 	var addr, channel string
 	var n int

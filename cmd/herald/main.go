@@ -25,6 +25,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "run the WebSocket server", runServe},
+		{"pub", "publish one message on NATS, e.g. to try a running server", runPub},
 	}
 }
 
@@ -77,20 +78,58 @@ func usage(w io.Writer) {
 }
 
 // newFlagSet returns a flag set whose --help prints the command's purpose
-// before its flags.
+// before its flags, each with the environment variable that also sets it.
 func newFlagSet(name, synopsis, about string, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("herald "+name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: herald %s %s\n\n%s\n\nFlags:\n", name, synopsis, about)
-		fs.PrintDefaults()
+		fmt.Fprintf(out, "Usage: herald %s %s\n\n%s\n\nFlags (each can also be set in the environment, as shown):\n", name, synopsis, about)
+		printFlags(fs)
 	}
 	return fs
 }
 
-// parseFlags parses args, mapping the flag package's errors to errUsage so
-// that run does not print them twice.
+// printFlags lists fs's flags like flag.PrintDefaults, in the --name form
+// and with the environment variable of each.
+func printFlags(fs *flag.FlagSet) {
+	var b strings.Builder
+	fs.VisitAll(func(f *flag.Flag) {
+		kind, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(&b, "  --%s", f.Name)
+		if kind != "" {
+			fmt.Fprintf(&b, " %s", kind)
+		}
+		fmt.Fprintf(&b, "\n      %s", strings.ReplaceAll(usage, "\n", "\n      "))
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && !strings.Contains(usage, "(default") {
+			fmt.Fprintf(&b, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(&b, "\n      [$%s]\n", envName(f.Name))
+	})
+	io.WriteString(fs.Output(), b.String())
+}
+
+// envName is the environment variable that sets flag name:
+// --max-conns is HERALD_MAX_CONNS.
+func envName(name string) string {
+	return "HERALD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// parseFlags sets fs's flags from the environment, then from args, which
+// win. It maps the flag package's errors to errUsage so that run does not
+// print them twice.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %v", envName(f.Name), v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		fmt.Fprintln(fs.Output(), envErr)
+		return errUsage
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"syscall"
@@ -29,7 +30,12 @@ wildcards prices.* and game.> allowed). They can also subscribe in band with
 {"op":"subscribe","channel":"NAME","id":"1"}. By default an embedded NATS
 server listens on --nats-listen, so any NATS client can publish:
 nats pub prices.AAPL '{"px":187.2}'  or  herald pub prices.AAPL '{"px":187.2}'.
-Plain HTTP on the same port: GET /healthz answers 200.`, stderr)
+Plain HTTP on the same port: GET /healthz (alive), GET /readyz (NATS
+connected and not draining) and GET /metrics (Prometheus).
+
+SIGTERM or SIGINT drains: new connections are refused, open ones are closed
+with 1001 "going away" spread over --drain-timeout, then Herald exits 0. A
+second signal exits at once.`, stderr)
 	listen := fs.String("listen", "127.0.0.1:8080", "`address` to accept WebSocket and HTTP connections on (host:port)")
 	echo := fs.Bool("echo", false, "serve /echo, which echoes every text and binary message back (for conformance suites such as Autobahn)")
 	maxMessage := sizeFlag(fs, "max-message-size", 0,
@@ -41,7 +47,12 @@ Plain HTTP on the same port: GET /healthz answers 200.`, stderr)
 	noWildcards := fs.Bool("no-wildcards", false, "refuse wildcard channels (prices.*, game.>)")
 	maxChannels := fs.Int("max-channels", 128, "most channels one connection may subscribe to")
 	maxOutbound := sizeFlag(fs, "max-outbound", 1<<20, "most unsent bytes a connection may have queued; a subscriber further behind is closed with 1008")
-	handshakeTimeout := fs.Duration("handshake-timeout", 5*time.Second, "close connections that have not sent a complete HTTP request within this time")
+	handshakeTimeout := fs.Duration("handshake-timeout", 5*time.Second, "close connections that have not sent a complete HTTP request within this time (slowloris)")
+	pingInterval := fs.Duration("ping-interval", 25*time.Second, "ping a WebSocket connection silent this long; keep it below your load balancer's idle timeout")
+	pongTimeout := fs.Duration("pong-timeout", 10*time.Second, "close a pinged connection that sends nothing within this time")
+	maxConns := fs.Int("max-conns", 0, "most open WebSocket connections; past it upgrades are answered 503 with Retry-After (default: the open-file limit less 64)")
+	maxAcceptRate := fs.Int("max-accept-rate", 20000, "most WebSocket upgrades per second, so a reconnect storm is turned away with 503 and Retry-After; 0 means no limit")
+	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	if err := parseFlags(fs, args); err != nil {
@@ -65,6 +76,10 @@ Plain HTTP on the same port: GET /healthz answers 200.`, stderr)
 			MaxMessageSize:   *maxMessage,
 			MaxHeadSize:      int(*maxHead),
 			HandshakeTimeout: *handshakeTimeout,
+			PingInterval:     *pingInterval,
+			PongTimeout:      *pongTimeout,
+			MaxConns:         *maxConns,
+			MaxAcceptRate:    *maxAcceptRate,
 			Echo:             *echo,
 			MaxChannels:      *maxChannels,
 			MaxOutbound:      int(*maxOutbound),
@@ -83,14 +98,26 @@ Plain HTTP on the same port: GET /healthz answers 200.`, stderr)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
 	got := <-sig
-	log.Info("shutting down", "signal", got.String())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	log.Info("shutting down", "signal", got.String(), "drain_timeout", *drainTimeout)
 	go func() {
-		<-sig // a second signal: do not wait any longer
+		got := <-sig
+		log.Warn("second signal, exiting at once", "signal", got.String())
 		os.Exit(1)
 	}()
-	return h.stop(ctx)
+	// Past the spread, give clients a moment to answer the last close
+	// frames before the remaining sockets are cut.
+	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout+5*time.Second)
+	defer cancel()
+	if err := h.srv.Drain(ctx, *drainTimeout); err != nil {
+		log.Warn("drain did not finish; closing the remaining connections", "err", err)
+	}
+	stopCtx, cancelStop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelStop()
+	if err := h.stop(stopCtx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
 }
 
 // heraldConfig is everything a running Herald is made of.
@@ -122,6 +149,11 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 		return nil, err
 	}
 	cfg.Engine.Channels = natsChannels{Broker: broker, wildcards: cfg.Wildcards}
+	h.broker = broker
+	cfg.Engine.HTTP = mergeHandlers(cfg.Engine.HTTP, map[string]engine.HTTPHandler{
+		"/metrics": newMetrics(h).serve,
+		"/readyz":  h.serveReady,
+	})
 	srv, err := engine.New(cfg.Engine)
 	if err == nil {
 		h.srv = srv
@@ -131,8 +163,30 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 		broker.Close()
 		return nil, err
 	}
-	h.broker = broker
 	return h, nil
+}
+
+// mergeHandlers returns the handlers of both maps; extra wins on a clash.
+func mergeHandlers(base, extra map[string]engine.HTTPHandler) map[string]engine.HTTPHandler {
+	out := maps.Clone(base)
+	if out == nil {
+		out = make(map[string]engine.HTTPHandler, len(extra))
+	}
+	maps.Copy(out, extra)
+	return out
+}
+
+// serveReady answers /readyz: 200 while Herald should get new clients,
+// 503 while NATS is down (messages would not arrive) or while draining, so
+// a load balancer sends clients elsewhere.
+func (h *herald) serveReady(dst []byte, _ *codec.Request) ([]byte, int, string) {
+	switch {
+	case h.srv.Draining():
+		return append(dst, "draining\n"...), 503, "text/plain; charset=utf-8"
+	case !h.broker.Connected():
+		return append(dst, "nats disconnected\n"...), 503, "text/plain; charset=utf-8"
+	}
+	return append(dst, "ready\n"...), 200, "text/plain; charset=utf-8"
 }
 
 // stop closes every connection, then the NATS connection.

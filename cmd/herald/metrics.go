@@ -1,0 +1,133 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/engine"
+)
+
+// metrics exposes Herald's counters in the Prometheus text format. It reads
+// the engine's per-loop counters and the broker's counters when scraped,
+// so counting costs the delivery path nothing beyond the loops' own
+// uncontended atomic adds.
+type metrics struct {
+	h        *herald
+	registry *prometheus.Registry
+
+	open, upgraded, accepted, channels          *prometheus.Desc
+	deliveries, bytesOut, slowConsumers         *prometheus.Desc
+	pings, reaped, handshakeTimeouts, refused   *prometheus.Desc
+	natsIn, natsDropped, natsReconnects, natsUp *prometheus.Desc
+	latency                                     *prometheus.Desc
+}
+
+func newMetrics(h *herald) *metrics {
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("herald_"+name, help, labels, nil)
+	}
+	m := &metrics{
+		h:                 h,
+		registry:          prometheus.NewRegistry(),
+		open:              desc("tcp_connections", "TCP connections open now, in any state."),
+		upgraded:          desc("connections", "WebSocket connections open now."),
+		accepted:          desc("tcp_connections_total", "TCP connections accepted."),
+		channels:          desc("channels", "Distinct channels with a NATS subscription."),
+		deliveries:        desc("deliveries_total", "Messages written to subscribed sockets."),
+		bytesOut:          desc("delivered_bytes_total", "Bytes of messages written to subscribed sockets, frame headers included."),
+		slowConsumers:     desc("slow_consumer_closes_total", "Subscribers closed with 1008 for falling behind --max-outbound."),
+		pings:             desc("pings_total", "Pings sent to silent connections."),
+		reaped:            desc("reaped_connections_total", "Connections closed for not answering a ping within --pong-timeout."),
+		handshakeTimeouts: desc("handshake_timeouts_total", "Connections closed for not completing their HTTP request within --handshake-timeout."),
+		refused:           desc("upgrades_refused_total", "WebSocket upgrades refused, by reason.", "reason"),
+		natsIn:            desc("nats_messages_total", "Messages received from NATS."),
+		natsDropped:       desc("nats_dropped_total", "Messages NATS dropped because Herald fell behind its pending limits."),
+		natsReconnects:    desc("nats_reconnects_total", "Reconnections to NATS after a lost connection."),
+		natsUp:            desc("nats_connected", "1 while the NATS connection is up."),
+		latency:           desc("delivery_latency_seconds", "Time from a message's receipt from NATS to its last write to a socket."),
+	}
+	m.registry.MustRegister(m,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		m.open, m.upgraded, m.accepted, m.channels, m.deliveries, m.bytesOut, m.slowConsumers,
+		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
+		m.natsUp, m.latency,
+	} {
+		ch <- d
+	}
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	st := m.h.srv.Stats()
+	ns := m.h.broker.Stats()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(m.open, float64(st.Open))
+	gauge(m.upgraded, float64(st.Upgraded))
+	counter(m.accepted, st.Accepted)
+	gauge(m.channels, float64(m.h.broker.Channels()))
+	counter(m.deliveries, st.Deliveries)
+	counter(m.bytesOut, st.BytesOut)
+	counter(m.slowConsumers, st.SlowConsumers)
+	counter(m.pings, st.Pings)
+	counter(m.reaped, st.Reaped)
+	counter(m.handshakeTimeouts, st.HandshakeTimeouts)
+	for i, reason := range engine.RefusalReasons {
+		counter(m.refused, st.Refused[i], reason)
+	}
+	counter(m.natsIn, ns.MessagesIn)
+	counter(m.natsDropped, ns.Dropped)
+	counter(m.natsReconnects, ns.Reconnects)
+	up := 0.0
+	if m.h.broker.Connected() {
+		up = 1
+	}
+	gauge(m.natsUp, up)
+
+	buckets := make(map[float64]uint64, len(engine.LatencyBuckets))
+	var cumulative uint64
+	for i, bound := range engine.LatencyBuckets {
+		cumulative += st.Latency.Counts[i]
+		buckets[bound.Seconds()] = cumulative
+	}
+	count := cumulative + st.Latency.Counts[len(engine.LatencyBuckets)]
+	ch <- prometheus.MustNewConstHistogram(m.latency, count, st.Latency.Sum.Seconds(), buckets)
+}
+
+// serve answers /metrics. It runs on an event loop; a scrape costs well
+// under a millisecond.
+func (m *metrics) serve(dst []byte, _ *codec.Request) ([]byte, int, string) {
+	families, err := m.registry.Gather()
+	if err != nil {
+		return append(dst, "gathering metrics: "+err.Error()+"\n"...), 500, "text/plain; charset=utf-8"
+	}
+	w := appendWriter{dst}
+	format := expfmt.NewFormat(expfmt.TypeTextPlain)
+	enc := expfmt.NewEncoder(&w, format)
+	for _, f := range families {
+		if err := enc.Encode(f); err != nil {
+			return append(dst[:0], "encoding metrics: "+err.Error()+"\n"...), 500, "text/plain; charset=utf-8"
+		}
+	}
+	return w.b, 200, string(format)
+}
+
+// appendWriter is an io.Writer that appends to a byte slice.
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}

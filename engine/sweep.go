@@ -1,0 +1,168 @@
+package engine
+
+import (
+	"context"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// track puts c on the list its state belongs to.
+func (l *loop) track(c *conn) {
+	list := &l.pending
+	if c.state == stateOpen {
+		list = &l.conns
+	}
+	c.slot = int32(len(*list))
+	*list = append(*list, c)
+}
+
+// untrack takes c off its list, moving the list's last connection into its
+// place.
+func (l *loop) untrack(c *conn) {
+	list := &l.pending
+	if c.state == stateOpen {
+		list = &l.conns
+	}
+	last := len(*list) - 1
+	moved := (*list)[last]
+	(*list)[c.slot] = moved
+	moved.slot = c.slot
+	(*list)[last] = nil
+	*list = (*list)[:last]
+}
+
+// setState moves c to a new state, and to the list that state belongs to.
+func (c *conn) setState(state uint8) {
+	c.loop.untrack(c)
+	c.state = state
+	c.loop.track(c)
+}
+
+// alive records that the peer sent something: its next ping is a whole
+// interval away. The loop's clock is at most one sweep old, which is far
+// finer than ping intervals.
+func (c *conn) alive() {
+	c.deadline = c.loop.now + int64(c.loop.s.cfg.PingInterval)
+	c.pinged = false
+}
+
+// sweep is the loop's periodic work, run on the loop itself. It enforces
+// every pending connection's deadline (handshake timeout, close linger),
+// and visits a share of the open ones: those silent for a ping interval get
+// a ping, and those still silent a pong timeout later are closed. The share
+// is sized so that every open connection is visited once per sweep period,
+// which spreads pings over time however many connections arrived at once
+// and keeps each sweep's cost small.
+func (l *loop) sweep(context.Context) error {
+	l.now = time.Now().UnixNano()
+	now := l.now
+	// Backwards, because closing a connection moves the last one into its
+	// slot.
+	for i := len(l.pending) - 1; i >= 0; i-- {
+		if i >= len(l.pending) {
+			continue
+		}
+		c := l.pending[i]
+		if c.state == stateClosing {
+			c.shutdownWhenSent()
+		}
+		if now >= c.deadline {
+			if c.state == stateHandshake {
+				l.stats.handshakeTimeouts.Add(1)
+				l.s.log.Debug("handshake timeout", "remote", c.gc.RemoteAddr())
+			}
+			_ = l.el.Close(c.gc)
+		}
+	}
+	l.sweepOpen(now)
+	if l.s.draining.Load() {
+		l.drainStep(now)
+	}
+	return nil
+}
+
+// sweepOpen visits the next share of open connections.
+func (l *loop) sweepOpen(now int64) {
+	n := len(l.conns)
+	if n == 0 {
+		return
+	}
+	share := (n*int(l.s.sweepEvery) + int(l.s.sweepPeriod) - 1) / int(l.s.sweepPeriod)
+	for visited := 0; visited < share && len(l.conns) > 0; visited++ {
+		if l.cursor >= len(l.conns) {
+			l.cursor = 0
+		}
+		c := l.conns[l.cursor]
+		if now < c.deadline {
+			l.cursor++
+			continue
+		}
+		if c.pinged {
+			l.stats.reaped.Add(1)
+			l.s.log.Debug("closing unresponsive connection", "remote", c.gc.RemoteAddr())
+			_ = l.el.Close(c.gc) // a dead peer reads no close frame
+		} else {
+			c.pinged = true
+			c.deadline = now + int64(l.s.cfg.PongTimeout)
+			l.stats.pings.Add(1)
+			c.writeFrame(ws.OpPing, nil)
+		}
+		// A close, or a failed ping write, moved another connection into
+		// this slot: visit it next rather than skip it.
+		if l.cursor < len(l.conns) && l.conns[l.cursor] == c {
+			l.cursor++
+		}
+	}
+}
+
+// drainState is a loop's progress through a graceful drain.
+type drainState struct {
+	started bool
+	total   int // open connections when the drain reached the loop
+	closed  int
+}
+
+// drainStep closes the share of the loop's open connections that the
+// elapsed part of the drain calls for, so that closes, and the reconnects
+// they cause elsewhere, are spread evenly over the drain timeout.
+func (l *loop) drainStep(now int64) {
+	d := &l.drain
+	if !d.started {
+		d.started, d.total = true, len(l.conns)
+	}
+	start, spread := l.s.drainStart.Load(), l.s.drainSpread.Load()
+	want := d.total
+	if elapsed := now - start; spread > 0 && elapsed < spread {
+		want = int((int64(d.total)*elapsed + spread - 1) / spread)
+	}
+	for d.closed < want && len(l.conns) > 0 {
+		d.closed++
+		l.conns[len(l.conns)-1].close(ws.StatusGoingAway, "server shutting down")
+	}
+}
+
+// Drain stops taking new WebSocket connections (upgrades are answered 503
+// with Retry-After) and closes the open ones with 1001 "going away",
+// spread evenly over spread, so that clients do not all come back in the
+// same second. It returns once no WebSocket connection is left open, or
+// with ctx's error.
+func (s *Server) Drain(ctx context.Context, spread time.Duration) error {
+	s.drainSpread.Store(int64(spread))
+	s.drainStart.Store(time.Now().UnixNano())
+	s.draining.Store(true)
+	s.log.Info("draining", "connections", s.Stats().Upgraded, "spread", spread)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.Stats().Upgraded > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Draining reports whether Drain has been called.
+func (s *Server) Draining() bool { return s.draining.Load() }
