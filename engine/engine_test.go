@@ -84,6 +84,19 @@ func (c *rawClient) upgrade(path string, chunk int, extra []byte) {
 	}
 }
 
+// request sends a whole HTTP request and reads the answer, body included.
+func (c *rawClient) request(req string) *http.Response {
+	c.t.Helper()
+	c.writeChunked([]byte(req), 0)
+	resp, err := http.ReadResponse(c.r, nil)
+	if err != nil {
+		c.t.Fatalf("read answer: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
 func (c *rawClient) writeChunked(b []byte, chunk int) {
 	c.t.Helper()
 	if chunk <= 0 {
@@ -306,13 +319,7 @@ func TestPlainHTTPOnTheSamePort(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := dialRaw(t, addr)
-			c.writeChunked([]byte(tt.request), 0)
-			resp, err := http.ReadResponse(c.r, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			resp := c.request(tt.request)
 			if resp.StatusCode != tt.status || (tt.header != "" && resp.Header.Get(tt.header) == "") {
 				t.Fatalf("got %s %v, want %d with %s", resp.Status, resp.Header, tt.status, tt.header)
 			}
@@ -337,12 +344,7 @@ func TestHandshakeErrorsOverTheSocket(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialRaw(t, addr)
-			c.writeChunked([]byte(tt.request), 0)
-			resp, err := http.ReadResponse(c.r, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := dialRaw(t, addr).request(tt.request)
 			if resp.StatusCode != tt.status {
 				t.Fatalf("got %s, want %d", resp.Status, tt.status)
 			}

@@ -19,18 +19,6 @@ import (
 // clusterWait bounds every wait for NATS in these tests.
 const clusterWait = 15 * time.Second
 
-// pollUntil polls cond until it holds, failing the test after clusterWait.
-func pollUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(clusterWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", clusterWait, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // publishTo publishes subject/data pairs from a fresh NATS client of its
 // own, as a backend service would, and returns once the server has them.
 func publishTo(t testing.TB, url string, subjectData ...string) {
@@ -90,7 +78,7 @@ func TestNATSOutageClientsStayConnected(t *testing.T) {
 	channels := [2]string{"outage.a", "outage.b"}
 	srv := natstest.Start(t)
 	h := startTestHerald(t, heraldConfig{NATS: srv.URL()})
-	pollUntil(t, "Herald to connect to NATS", h.broker.Connected)
+	waitFor(t, clusterWait, "Herald to connect to NATS", h.broker.Connected)
 
 	conns := make([]*websocket.Conn, clients)
 	for i := range conns {
@@ -108,7 +96,7 @@ func TestNATSOutageClientsStayConnected(t *testing.T) {
 	accepted := h.srv.Stats().Accepted
 
 	srv.Kill()
-	pollUntil(t, "Herald to notice the outage", func() bool { return !h.broker.Connected() })
+	waitFor(t, clusterWait, "Herald to notice the outage", func() bool { return !h.broker.Connected() })
 	for i, c := range conns {
 		expectPong(t, c, i)
 	}
@@ -117,7 +105,7 @@ func TestNATSOutageClientsStayConnected(t *testing.T) {
 	}
 
 	srv.Restart()
-	pollUntil(t, "Herald to reconnect to NATS", h.broker.Connected)
+	waitFor(t, clusterWait, "Herald to reconnect to NATS", h.broker.Connected)
 	// Connected means the subscriptions were re-sent; the flush's round
 	// trip means the server has processed them.
 	settle(t, h)
@@ -128,7 +116,7 @@ func TestNATSOutageClientsStayConnected(t *testing.T) {
 		t.Errorf("engine stats %+v: want no new connection since the outage (accepted %d) and %d open", st, accepted, clients)
 	}
 	// The broker counts in nats.go's callbacks, which run asynchronously.
-	pollUntil(t, "the reconnect to be counted", func() bool { return h.broker.Stats().Reconnects > 0 })
+	waitFor(t, clusterWait, "the reconnect to be counted", func() bool { return h.broker.Stats().Reconnects > 0 })
 	if st := h.broker.Stats(); st.Disconnects != 1 || st.Reconnects != 1 {
 		t.Errorf("broker stats %+v: want exactly one disconnect and one reconnect", st)
 	}
@@ -147,7 +135,7 @@ func TestTwoInstancesOnOneNATSBothDeliver(t *testing.T) {
 	}
 	var conns [][]*websocket.Conn
 	for i, h := range instances {
-		pollUntil(t, fmt.Sprintf("instance %d to connect to NATS", i), h.broker.Connected)
+		waitFor(t, clusterWait, fmt.Sprintf("instance %d to connect to NATS", i), h.broker.Connected)
 		var cs []*websocket.Conn
 		for range perInstance {
 			cs = append(cs, dialWS(t, h, "channel=scale.news"))
