@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/bits"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -246,7 +247,7 @@ func appendJSONString(dst, s []byte) []byte {
 type topic struct {
 	pattern string
 	channel *channel
-	members []*conn // conn.subs holds each member's position here
+	members []*conn // each member's subList holds its position here
 	batch   int     // 1 + index in loop.groups while a flush runs; 0 otherwise
 }
 
@@ -367,7 +368,7 @@ func (l *loop) deliverGroup(t *topic, ds []*delivery) {
 		}
 		raw := c.route == routePushRaw
 		switch {
-		case len(c.subs) > 1:
+		case c.subs.len() > 1:
 			n, b := c.writeFiltered(t.pattern, ds, raw)
 			written, bytes = written+n, bytes+b
 		case raw:
@@ -399,8 +400,8 @@ func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) (n, bytes
 			continue
 		}
 		owner := true
-		for _, s := range c.subs {
-			if p := s.topic.pattern; p < pattern && matches(p, d.subject) {
+		for i := range c.subs.len() {
+			if p := c.subs.at(i).topic.pattern; p < pattern && matches(p, d.subject) {
 				owner = false
 				break
 			}
@@ -413,19 +414,19 @@ func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) (n, bytes
 	return n, bytes
 }
 
-// subscribe adds the connection to pattern's topic on its loop.
+// subscribe adds the connection to pattern's topic on its loop. pattern
+// may be a view of a network buffer: it is copied only if kept.
 func (c *conn) subscribe(pattern string) error {
-	for _, s := range c.subs {
-		if s.topic.pattern == pattern {
-			return nil
-		}
+	if c.subs.find(pattern) >= 0 {
+		return nil
 	}
-	if len(c.subs) >= c.loop.s.cfg.MaxChannels {
+	if c.subs.len() >= c.loop.s.cfg.MaxChannels {
 		return &ChannelError{Code: "too_many_channels", Message: "at most " + strconv.Itoa(c.loop.s.cfg.MaxChannels) + " channels per connection"}
 	}
 	l := c.loop
 	t := l.topics[pattern]
 	if t == nil {
+		pattern = strings.Clone(pattern)
 		ch, err := l.s.hub.join(pattern, l.index)
 		if err != nil {
 			return &ChannelError{Code: "unavailable", Message: "cannot subscribe: " + err.Error()}
@@ -436,43 +437,34 @@ func (c *conn) subscribe(pattern string) error {
 	if c.route == routePushRaw {
 		t.channel.raw.Add(1)
 	}
-	c.subs = append(c.subs, sub{topic: t, pos: int32(len(t.members))})
+	c.subs.add(sub{topic: t, pos: int32(len(t.members))})
 	t.members = append(t.members, c)
 	return nil
 }
 
 // unsubscribe removes the connection from pattern's topic, if it is in it.
 func (c *conn) unsubscribe(pattern string) {
-	for k, s := range c.subs {
-		if s.topic.pattern == pattern {
-			c.leave(k)
-			return
-		}
+	if k := c.subs.find(pattern); k >= 0 {
+		c.leave(k)
 	}
 }
 
 // unsubscribeAll removes the connection from every topic.
 func (c *conn) unsubscribeAll() {
-	for len(c.subs) > 0 {
-		c.leave(len(c.subs) - 1)
+	for c.subs.len() > 0 {
+		c.leave(c.subs.len() - 1)
 	}
-	c.subs = nil
 }
 
 // leave removes subscription k, swapping the last member of the topic into
 // the connection's place and the connection's last subscription into k.
 func (c *conn) leave(k int) {
-	s := c.subs[k]
+	s := *c.subs.at(k)
 	t := s.topic
 	last := len(t.members) - 1
 	if moved := t.members[last]; moved != c {
 		t.members[s.pos] = moved
-		for j := range moved.subs {
-			if moved.subs[j].topic == t {
-				moved.subs[j].pos = s.pos
-				break
-			}
-		}
+		moved.subs.at(moved.subs.find(t.pattern)).pos = s.pos
 	}
 	t.members[last] = nil
 	t.members = t.members[:last]
@@ -484,10 +476,70 @@ func (c *conn) leave(k int) {
 		delete(l.topics, t.pattern)
 		l.s.hub.leave(t.pattern, l.index)
 	}
-	n := len(c.subs) - 1
-	c.subs[k] = c.subs[n]
-	c.subs[n] = sub{}
-	c.subs = c.subs[:n]
+	c.subs.remove(k)
+}
+
+// subList is a connection's subscriptions. Most connections follow one
+// channel, so the first subscription lives in the list itself and only
+// more than one costs an allocation.
+type subList struct {
+	first sub    // first.topic is nil when the list is empty
+	rest  *[]sub // the second subscription on
+}
+
+func (l *subList) len() int {
+	switch {
+	case l.first.topic == nil:
+		return 0
+	case l.rest == nil:
+		return 1
+	}
+	return 1 + len(*l.rest)
+}
+
+func (l *subList) at(i int) *sub {
+	if i == 0 {
+		return &l.first
+	}
+	return &(*l.rest)[i-1]
+}
+
+// find returns the index of the subscription to pattern, or -1.
+func (l *subList) find(pattern string) int {
+	for i := range l.len() {
+		if l.at(i).topic.pattern == pattern {
+			return i
+		}
+	}
+	return -1
+}
+
+func (l *subList) add(s sub) {
+	switch {
+	case l.first.topic == nil:
+		l.first = s
+	case l.rest == nil:
+		l.rest = &[]sub{s}
+	default:
+		*l.rest = append(*l.rest, s)
+	}
+}
+
+// remove drops subscription i, moving the last one into its place.
+func (l *subList) remove(i int) {
+	last := l.len() - 1
+	*l.at(i) = *l.at(last)
+	if last == 0 {
+		l.first = sub{}
+		return
+	}
+	rest := *l.rest
+	rest[len(rest)-1] = sub{}
+	if rest = rest[:len(rest)-1]; len(rest) == 0 {
+		l.rest = nil
+	} else {
+		*l.rest = rest
+	}
 }
 
 // cutSlowConsumer closes a connection whose unsent data passed the

@@ -29,20 +29,21 @@ const (
 )
 
 // conn is Herald's state for one TCP connection. Millions of these live at
-// once, mostly idle, so every field costs memory times millions: state that
-// only matters while a message is half received lives in reader, allocated
-// from a pool only for that time.
+// once, mostly idle, so every field costs memory times millions: the struct
+// fits the 64-byte allocation class, a connection with one channel needs no
+// other allocation, and the state of a message that is half received lives
+// in a reader only for that time (see loop.partial).
 type conn struct {
 	gc       gnet.Conn
 	loop     *loop
-	rd       *reader // nil unless a message spans callbacks
-	subs     []sub   // channels subscribed to, on PushPath
-	deadline int64   // unix nanoseconds of the next sweep action: timeout, ping or reap
+	subs     subList // channels subscribed to, on PushPath
+	deadline uint32  // loop clock of the next sweep action: timeout, ping or reap
 	slot     int32   // index in loop.pending or loop.conns
 	scanned  uint16  // bytes of the request head already searched for its end
 	state    uint8
 	route    uint8
 	pinged   bool // a ping is out and unanswered; the deadline is the pong's
+	partial  bool // a message spans callbacks: its reader is in loop.partial
 }
 
 // reader holds a message whose frames or payload arrive over several
@@ -66,7 +67,7 @@ func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 
 func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := h.s.loopFor(gc.EventLoop())
-	c := &conn{gc: gc, loop: l, deadline: time.Now().Add(h.s.cfg.HandshakeTimeout).UnixNano()}
+	c := &conn{gc: gc, loop: l, deadline: h.s.clock() + millis(h.s.cfg.HandshakeTimeout)}
 	l.track(c)
 	l.stats.open.Add(1)
 	l.stats.accepted.Add(1)
@@ -149,14 +150,13 @@ func (c *conn) readRequest() {
 		c.serveHTTP(req)
 		return
 	}
-	var query pushQuery
 	if route == routePush {
-		var err error
-		if query, err = s.parsePushQuery(req.RawQuery); err != nil {
+		raw, err := s.checkPushQuery(req.RawQuery)
+		if err != nil {
 			c.refuse(refusedBadRequest, err)
 			return
 		}
-		if query.raw {
+		if raw {
 			route = routePushRaw
 		}
 	}
@@ -179,12 +179,10 @@ func (c *conn) readRequest() {
 	if !c.write(out.B) {
 		return
 	}
-	_, _ = c.gc.Discard(n)
-	for _, ch := range query.channels {
-		if err := c.subscribe(ch); err != nil {
-			c.replyChannelError(nil, err)
-		}
+	if route != routeEcho {
+		c.subscribeQuery(req.RawQuery) // before Discard: the query lies in gnet's buffer
 	}
+	_, _ = c.gc.Discard(n)
 	c.readFrames() // frames the client sent right behind its request
 }
 
@@ -194,8 +192,9 @@ func (c *conn) readRequest() {
 func (c *conn) readFrames() {
 	max := c.loop.s.cfg.MaxMessageSize
 	for c.state == stateOpen {
-		if c.rd != nil && c.rd.dec.Remaining() > 0 {
-			if !c.readPayload() {
+		rd := c.reader()
+		if rd != nil && rd.dec.Remaining() > 0 {
+			if !c.readPayload(rd) {
 				return
 			}
 			continue
@@ -229,8 +228,8 @@ func (c *conn) readFrames() {
 			continue
 		}
 		dec := &c.loop.decoder
-		if c.rd != nil {
-			dec = &c.rd.dec
+		if rd != nil {
+			dec = &rd.dec
 		} else {
 			*dec = codec.Decoder{}
 		}
@@ -238,7 +237,7 @@ func (c *conn) readFrames() {
 			c.fail(err)
 			return
 		}
-		if c.rd == nil && h.Fin && int64(buffered) >= total {
+		if rd == nil && h.Fin && int64(buffered) >= total {
 			// The common case: a whole message in one frame, all buffered.
 			// Unmask and use it where it lies in gnet's buffer.
 			frame, _ := c.gc.Peek(int(total))
@@ -258,12 +257,11 @@ func (c *conn) readFrames() {
 			}
 			continue
 		}
-		if c.rd == nil {
-			c.rd = c.loop.s.readers.Get().(*reader)
-			c.rd.dec = *dec
+		if rd == nil {
+			rd = c.newReader(dec)
 		}
 		_, _ = c.gc.Discard(hn)
-		if h.Length == 0 && !c.endFrame() {
+		if h.Length == 0 && !c.endFrame(rd) {
 			return
 		}
 	}
@@ -273,8 +271,7 @@ func (c *conn) readFrames() {
 // the message buffer, unmasking and validating it on the way, and delivers
 // the message when its last byte is in. It reports false when nothing was
 // buffered.
-func (c *conn) readPayload() bool {
-	rd := c.rd
+func (c *conn) readPayload(rd *reader) bool {
 	n := c.gc.InboundBuffered()
 	if n == 0 {
 		return false
@@ -295,22 +292,22 @@ func (c *conn) readPayload() bool {
 	if rd.dec.Remaining() > 0 {
 		return true
 	}
-	return c.endFrame()
+	return c.endFrame(rd)
 }
 
 // endFrame is called when the current frame's payload is all in. If the
 // frame ends its message, the message is delivered and the reader released.
 // It reports false when the connection is failing.
-func (c *conn) endFrame() bool {
-	op, err := c.rd.dec.End()
+func (c *conn) endFrame(rd *reader) bool {
+	op, err := rd.dec.End()
 	if err != nil {
 		c.fail(err)
 		return false
 	}
 	if op != 0 {
 		var payload []byte
-		if c.rd.buf != nil {
-			payload = c.rd.buf.B
+		if rd.buf != nil {
+			payload = rd.buf.B
 		}
 		c.message(op, payload)
 		c.releaseReader()
@@ -318,16 +315,36 @@ func (c *conn) endFrame() bool {
 	return true
 }
 
+// reader returns the connection's half-received message, or nil.
+func (c *conn) reader() *reader {
+	if !c.partial {
+		return nil
+	}
+	return c.loop.partial[c]
+}
+
+// newReader keeps the state of a message that spans callbacks, starting
+// from dec.
+func (c *conn) newReader(dec *codec.Decoder) *reader {
+	rd := c.loop.s.readers.Get().(*reader)
+	rd.dec = *dec
+	c.loop.partial[c] = rd
+	c.partial = true
+	return rd
+}
+
 func (c *conn) releaseReader() {
-	if c.rd == nil {
+	rd := c.reader()
+	if rd == nil {
 		return
 	}
-	if c.rd.buf != nil {
-		bytebufferpool.Put(c.rd.buf)
+	delete(c.loop.partial, c)
+	c.partial = false
+	if rd.buf != nil {
+		bytebufferpool.Put(rd.buf)
 	}
-	*c.rd = reader{}
-	c.loop.s.readers.Put(c.rd)
-	c.rd = nil
+	*rd = reader{}
+	c.loop.s.readers.Put(rd)
 }
 
 // control answers a ping, ignores a pong and completes a close handshake.
@@ -481,7 +498,7 @@ func (c *conn) linger() {
 		c.loop.s.wsConns.Add(-1)
 	}
 	c.setState(stateClosing)
-	c.deadline = time.Now().Add(c.loop.s.cfg.CloseTimeout).UnixNano()
+	c.deadline = c.loop.s.clock() + millis(c.loop.s.cfg.CloseTimeout)
 	c.shutdownWhenSent()
 }
 

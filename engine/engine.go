@@ -160,6 +160,7 @@ type Server struct {
 	log      *slog.Logger
 	upgrader codec.Upgrader
 	readers  sync.Pool // *reader: state of messages that span callbacks
+	epoch    time.Time // the zero of clock
 	hub      *hub      // nil without Channels
 
 	// sweepEvery is how often loops sweep; sweepPeriod how long a sweep of
@@ -205,6 +206,7 @@ func New(cfg Config) (*Server, error) {
 		booted:  make(chan struct{}),
 		done:    make(chan error, 1),
 		stopped: make(chan struct{}),
+		epoch:   time.Now(),
 	}
 	s.sweepPeriod = min(cfg.PingInterval, cfg.PongTimeout) / 4
 	s.sweepEvery = min(maxSweepInterval, cfg.HandshakeTimeout/4, cfg.CloseTimeout/4, s.sweepPeriod)

@@ -3,7 +3,6 @@ package engine
 import (
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/panjf2000/gnet/v2"
 
@@ -15,8 +14,11 @@ import (
 type loop struct {
 	s     *Server
 	el    gnet.EventLoop
-	index int   // position in Server.loops, and bit in channel.loops
-	now   int64 // the loop's clock, unix nanoseconds, set every sweep
+	index int    // position in Server.loops, and bit in channel.loops
+	now   uint32 // Server.clock as of the last sweep
+	// partial holds the readers of messages that span callbacks, which few
+	// connections have at any time.
+	partial map[*conn]*reader
 
 	// Every connection is on one of two lists; conn.slot is its index there.
 	// The few handshaking and closing ones are checked on every sweep; the
@@ -58,13 +60,14 @@ type loop struct {
 
 func newLoop(s *Server, el gnet.EventLoop, index int) *loop {
 	l := &loop{
-		s:      s,
-		el:     el,
-		index:  index,
-		topics: make(map[string]*topic),
-		now:    time.Now().UnixNano(),
-		frame:  make([]byte, 0, 256),
-		iov:    make([][]byte, 0, 8),
+		s:       s,
+		el:      el,
+		index:   index,
+		topics:  make(map[string]*topic),
+		now:     s.clock(),
+		partial: make(map[*conn]*reader),
+		frame:   make([]byte, 0, 256),
+		iov:     make([][]byte, 0, 8),
 	}
 	l.sweepTask = gnet.RunnableFunc(l.sweep)
 	l.flushTask = gnet.RunnableFunc(l.flush)

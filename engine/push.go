@@ -1,10 +1,12 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/url"
 	"strconv"
+	"unsafe"
 
 	"github.com/gobwas/ws"
 
@@ -15,45 +17,94 @@ import (
 // has Channels.
 const PushPath = "/ws"
 
-// pushQuery is what a client asked for in the query of its upgrade request:
-// ws://host/ws?channel=prices.AAPL&channel=prices.MSFT&format=raw
-type pushQuery struct {
-	channels []string
-	raw      bool
-}
+// A client names its channels in the query of its upgrade request:
+//
+//	ws://host/ws?channel=prices.AAPL&channel=prices.MSFT&format=raw
+//
+// The query is walked twice where it lies in the request: once to validate
+// it before the upgrade, so a client learns at once that its URL is wrong,
+// and once after, to subscribe. Neither walk allocates unless a value is
+// percent-encoded: every connection of a reconnect storm passes here.
 
-// parsePushQuery validates the query of an upgrade to PushPath. Errors are
-// answered 400 before the upgrade, so a client learns at once that its URL
-// is wrong.
-func (s *Server) parsePushQuery(rawQuery []byte) (pushQuery, error) {
-	var q pushQuery
-	values, err := url.ParseQuery(string(rawQuery))
-	if err != nil {
-		return q, &codec.HTTPError{Status: 400, Reason: "malformed query string"}
-	}
-	for key, vs := range values {
-		switch key {
+// checkPushQuery validates the query of an upgrade to PushPath and reports
+// whether it asks for bare payloads.
+func (s *Server) checkPushQuery(rawQuery []byte) (raw bool, err error) {
+	channels := 0
+	q := query{rest: rawQuery}
+	for q.next() {
+		switch q.key {
 		case "channel":
-			for _, ch := range vs {
-				if err := s.cfg.Channels.Validate(ch); err != nil {
-					return q, &codec.HTTPError{Status: 400, Reason: "channel " + strconv.Quote(ch) + ": " + errorMessage(err)}
-				}
-				q.channels = append(q.channels, ch)
+			channels++
+			if err := s.cfg.Channels.Validate(q.value); err != nil {
+				return false, &codec.HTTPError{Status: 400, Reason: "channel " + strconv.Quote(q.value) + ": " + errorMessage(err)}
 			}
 		case "format":
-			switch vs[len(vs)-1] {
+			switch q.value {
 			case "json", "":
+				raw = false
 			case "raw":
-				q.raw = true
+				raw = true
 			default:
-				return q, &codec.HTTPError{Status: 400, Reason: `format must be "json" or "raw"`}
+				return false, &codec.HTTPError{Status: 400, Reason: `format must be "json" or "raw"`}
 			}
 		}
 	}
-	if len(q.channels) > s.cfg.MaxChannels {
-		return q, &codec.HTTPError{Status: 400, Reason: "at most " + strconv.Itoa(s.cfg.MaxChannels) + " channels per connection"}
+	if q.err != nil {
+		return false, &codec.HTTPError{Status: 400, Reason: "malformed query string"}
 	}
-	return q, nil
+	if channels > s.cfg.MaxChannels {
+		return false, &codec.HTTPError{Status: 400, Reason: "at most " + strconv.Itoa(s.cfg.MaxChannels) + " channels per connection"}
+	}
+	return raw, nil
+}
+
+// subscribeQuery subscribes a just upgraded connection to the channels its
+// query names, which checkPushQuery has validated.
+func (c *conn) subscribeQuery(rawQuery []byte) {
+	for q := (query{rest: rawQuery}); q.next(); {
+		if q.key == "channel" {
+			if err := c.subscribe(q.value); err != nil {
+				c.replyChannelError(nil, err)
+			}
+		}
+	}
+}
+
+// query walks the key=value pairs of a URL query, unescaped. key and value
+// are views of the query's bytes, valid while they are, unless unescaping
+// had to copy them.
+type query struct {
+	rest       []byte
+	key, value string
+	err        error // the first malformed escape; next stops there
+}
+
+func (q *query) next() bool {
+	for len(q.rest) > 0 && q.err == nil {
+		var pair []byte
+		pair, q.rest, _ = bytes.Cut(q.rest, []byte("&"))
+		if len(pair) == 0 {
+			continue
+		}
+		k, v, _ := bytes.Cut(pair, []byte("="))
+		if q.key, q.err = unescapeQuery(k); q.err != nil {
+			return false
+		}
+		if q.value, q.err = unescapeQuery(v); q.err != nil {
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+// unescapeQuery returns b as a string, decoding %XX and '+' when present.
+// Without escapes it returns a view of b, not a copy.
+func unescapeQuery(b []byte) (string, error) {
+	if bytes.IndexAny(b, "%+") < 0 {
+		return unsafe.String(unsafe.SliceData(b), len(b)), nil
+	}
+	return url.QueryUnescape(string(b))
 }
 
 // command is a client's in-band request on PushPath, a JSON text message:

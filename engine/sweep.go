@@ -43,9 +43,20 @@ func (c *conn) setState(state uint8) {
 // interval away. The loop's clock is at most one sweep old, which is far
 // finer than ping intervals.
 func (c *conn) alive() {
-	c.deadline = c.loop.now + int64(c.loop.s.cfg.PingInterval)
+	c.deadline = c.loop.now + millis(c.loop.s.cfg.PingInterval)
 	c.pinged = false
 }
+
+// The engine's clock counts milliseconds since the server was made, in 32
+// bits so that a deadline costs each connection 4 bytes. It wraps after 49
+// days; due compares across the wrap, which holds for any deadline less
+// than 24 days away.
+func (s *Server) clock() uint32 { return uint32(time.Since(s.epoch) / time.Millisecond) }
+
+func millis(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
+
+// due reports whether deadline has come at now.
+func due(now, deadline uint32) bool { return int32(now-deadline) >= 0 }
 
 // sweep is the loop's periodic work, run on the loop itself. It enforces
 // every pending connection's deadline (handshake timeout, close linger),
@@ -55,7 +66,7 @@ func (c *conn) alive() {
 // which spreads pings over time however many connections arrived at once
 // and keeps each sweep's cost small.
 func (l *loop) sweep(context.Context) error {
-	l.now = time.Now().UnixNano()
+	l.now = l.s.clock()
 	now := l.now
 	// Backwards, because closing a connection moves the last one into its
 	// slot.
@@ -67,7 +78,7 @@ func (l *loop) sweep(context.Context) error {
 		if c.state == stateClosing {
 			c.shutdownWhenSent()
 		}
-		if now >= c.deadline {
+		if due(now, c.deadline) {
 			if c.state == stateHandshake {
 				l.stats.handshakeTimeouts.Add(1)
 				l.s.log.Debug("handshake timeout", "remote", c.gc.RemoteAddr())
@@ -77,13 +88,13 @@ func (l *loop) sweep(context.Context) error {
 	}
 	l.sweepOpen(now)
 	if l.s.draining.Load() {
-		l.drainStep(now)
+		l.drainStep(time.Now().UnixNano())
 	}
 	return nil
 }
 
 // sweepOpen visits the next share of open connections.
-func (l *loop) sweepOpen(now int64) {
+func (l *loop) sweepOpen(now uint32) {
 	n := len(l.conns)
 	if n == 0 {
 		return
@@ -94,7 +105,7 @@ func (l *loop) sweepOpen(now int64) {
 			l.cursor = 0
 		}
 		c := l.conns[l.cursor]
-		if now < c.deadline {
+		if !due(now, c.deadline) {
 			l.cursor++
 			continue
 		}
@@ -104,7 +115,7 @@ func (l *loop) sweepOpen(now int64) {
 			_ = l.el.Close(c.gc) // a dead peer reads no close frame
 		} else {
 			c.pinged = true
-			c.deadline = now + int64(l.s.cfg.PongTimeout)
+			c.deadline = now + millis(l.s.cfg.PongTimeout)
 			l.stats.pings.Add(1)
 			c.writeFrame(ws.OpPing, nil)
 		}

@@ -6,6 +6,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The demo page's browser test and herald sub's proxy tests need Chromium and
+# tinyproxy (Debian packages): install them when missing and apt-get is ours
+# to run. Without them those tests skip, or fail under CI=true.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v tinyproxy >/dev/null || missing+=(tinyproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${missing[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+      echo "could not install ${missing[*]}: their tests will skip, or fail under CI=true"
+  else
+    echo "== ${missing[*]} not installed (apt-get install ${missing[*]}): their tests will skip, or fail under CI=true"
+  fi
+fi
+
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then

@@ -15,8 +15,13 @@ type natsChannels struct {
 	wildcards bool
 }
 
+// Validate runs for every channel of every connection of a reconnect
+// storm, so it allocates nothing unless the channel is refused.
 func (n natsChannels) Validate(ch string) error {
 	err := pubsub.ValidateChannel(ch, n.wildcards)
+	if err == nil {
+		return nil
+	}
 	var ce *pubsub.ChannelError
 	if errors.As(err, &ce) {
 		return &engine.ChannelError{Code: ce.Code, Message: ce.Message}

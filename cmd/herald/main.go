@@ -26,6 +26,8 @@ func commands() []command {
 	return []command{
 		{"serve", "run the WebSocket server", runServe},
 		{"pub", "publish one message on NATS, e.g. to try a running server", runPub},
+		{"sub", "print the messages of channels, as a WebSocket client", runSub},
+		{"demo", "publish synthetic stock prices for the demo page at /", runDemo},
 	}
 }
 

@@ -45,6 +45,7 @@ second signal exits at once.`, stderr)
 	natsURL := fs.String("nats", "", "`URL` of an existing NATS server or cluster (comma-separated) to join instead of running an embedded one")
 	natsListen := fs.String("nats-listen", pubsub.DefaultListen, "`address` the embedded NATS server listens on for publishers (ignored with --nats)")
 	noWildcards := fs.Bool("no-wildcards", false, "refuse wildcard channels (prices.*, game.>)")
+	noDemo := fs.Bool("no-demo", false, "do not serve the live demo page at / (see herald demo)")
 	maxChannels := fs.Int("max-channels", 128, "most channels one connection may subscribe to")
 	maxOutbound := sizeFlag(fs, "max-outbound", 1<<20, "most unsent bytes a connection may have queued; a subscriber further behind is closed with 1008")
 	handshakeTimeout := fs.Duration("handshake-timeout", 5*time.Second, "close connections that have not sent a complete HTTP request within this time (slowloris)")
@@ -84,6 +85,7 @@ second signal exits at once.`, stderr)
 			MaxChannels:      *maxChannels,
 			MaxOutbound:      int(*maxOutbound),
 			Logger:           log,
+			HTTP:             demoRoutes(!*noDemo),
 		},
 		NATS:       *natsURL,
 		NATSListen: *natsListen,
@@ -93,6 +95,9 @@ second signal exits at once.`, stderr)
 		return err
 	}
 	fmt.Fprintf(stdout, "herald listening on %s (ws://%s/ws), publish to NATS at %s\n", h.srv.Addr(), h.srv.Addr(), h.broker.ClientURL())
+	settleCtx, stopSettling := context.WithCancel(context.Background())
+	defer stopSettling()
+	go settleMemory(settleCtx, h.srv, log)
 
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
