@@ -371,6 +371,10 @@ func (l *loop) deliverGroup(t *topic, ds []*delivery) {
 		case c.subs.len() > 1:
 			n, b := c.writeFiltered(t.pattern, ds, raw)
 			written, bytes = written+n, bytes+b
+		case raw && rawFrames == nil:
+			// It subscribed after these messages were encoded without a
+			// raw frame: they were published before it joined.
+			continue
 		case raw:
 			c.write(rawFrames)
 			written += uint64(len(ds))

@@ -176,11 +176,18 @@ func (c *conn) readRequest() {
 	c.route, c.scanned = route, 0
 	c.setState(stateOpen)
 	c.alive()
+	// Subscribe before answering, so that a client that sees its upgrade
+	// succeed is subscribed; the query lies in gnet's buffer, so this is
+	// also before Discard.
+	var refused []error
+	if route != routeEcho {
+		refused = c.subscribeQuery(req.RawQuery)
+	}
 	if !c.write(out.B) {
 		return
 	}
-	if route != routeEcho {
-		c.subscribeQuery(req.RawQuery) // before Discard: the query lies in gnet's buffer
+	for _, err := range refused {
+		c.replyChannelError(nil, err)
 	}
 	_, _ = c.gc.Discard(n)
 	c.readFrames() // frames the client sent right behind its request

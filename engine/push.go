@@ -58,16 +58,19 @@ func (s *Server) checkPushQuery(rawQuery []byte) (raw bool, err error) {
 	return raw, nil
 }
 
-// subscribeQuery subscribes a just upgraded connection to the channels its
-// query names, which checkPushQuery has validated.
-func (c *conn) subscribeQuery(rawQuery []byte) {
+// subscribeQuery subscribes a connection being upgraded to the channels
+// its query names, which checkPushQuery has validated. It returns the
+// subscriptions the bus refused, for the client to hear about in band once
+// it is upgraded.
+func (c *conn) subscribeQuery(rawQuery []byte) (refused []error) {
 	for q := (query{rest: rawQuery}); q.next(); {
 		if q.key == "channel" {
 			if err := c.subscribe(q.value); err != nil {
-				c.replyChannelError(nil, err)
+				refused = append(refused, err)
 			}
 		}
 	}
+	return refused
 }
 
 // query walks the key=value pairs of a URL query, unescaped. key and value

@@ -1,0 +1,272 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Scenario names what a run measures.
+type Scenario string
+
+const (
+	Idle   Scenario = "idle"
+	Fanout Scenario = "fanout"
+	Storm  Scenario = "storm"
+)
+
+// Scenarios lists every scenario, in the order help text shows them.
+func Scenarios() []Scenario { return []Scenario{Idle, Fanout, Storm} }
+
+// MaxShardConns is the most connections one process dials. A process may
+// hold about 20,000 open files here; the rest of the budget goes to the
+// dialers' transient descriptors, pipes and the runtime.
+const MaxShardConns = 19_000
+
+// Config describes one run. The zero value of every field but Scenario
+// and URL means its documented default.
+type Config struct {
+	Scenario Scenario
+	// URL is the server's WebSocket endpoint, ws://host:port/ws. Each
+	// connection adds channel=NAME (and format=raw with Raw) to its query.
+	URL string
+	// Conns is how many connections to open. Default 1,000.
+	Conns int
+	// Channels is how many channels the connections are spread over.
+	// Default 1.
+	Channels int
+	// Hot puts half the connections on channel 0 and spreads the rest
+	// over the others, instead of spreading all of them evenly.
+	Hot bool
+	// ChannelPrefix starts every channel name; a random run id follows it,
+	// so that runs never see each other's messages: PREFIX.RUN.K.
+	// Default "bench".
+	ChannelPrefix string
+	// Raw subscribes with format=raw, receiving bare payloads instead of
+	// the default JSON envelope.
+	Raw bool
+	// Messages is how many messages fanout publishes, round robin over the
+	// channels. 0 with a Rate publishes until Duration. Default 200.
+	Messages int
+	// Size is the payload size in bytes. Default 64.
+	Size int
+	// Rate is messages per second over all channels; 0 publishes as fast
+	// as the publisher goes.
+	Rate float64
+	// Duration bounds fanout's publishing and is how long idle holds its
+	// connections. Default 10 s.
+	Duration time.Duration
+	// Timeout bounds the whole run. Default 2 minutes.
+	Timeout time.Duration
+	// ServerPID is the server's process, read from /proc for resident
+	// memory and CPU time. 0 tries the server's /metrics instead.
+	ServerPID int
+	// MetricsURL is where the server's Prometheus metrics are, used when
+	// ServerPID is 0. Default: /metrics on the URL's host.
+	MetricsURL string
+	// Procs is how many processes hold the connections; 0 picks
+	// ceil(Conns/MaxShardConns). With more than one, every shard runs in
+	// a child process started by ShardCommand.
+	Procs int
+	// SourceIPs are the local addresses connections are dialed from,
+	// dealt to the shards in turn. Empty lets the kernel pick for one
+	// process whose connections fit one address's ephemeral ports, and
+	// otherwise gives every shard its own from 127.0.0.2 on, one per 2/5
+	// of the port range its connections need.
+	SourceIPs []netip.Addr
+	// Loops is the number of gnet event loops per process. Default half
+	// the CPUs, at least one: the server needs the rest.
+	Loops int
+	// Dialers is how many goroutines per process dial connections.
+	// Default 64.
+	Dialers int
+	// HandshakeTimeout is how long a connection may wait for its 101
+	// before it is closed and retried. Default 5 s.
+	HandshakeTimeout time.Duration
+
+	// Publish sends data on a NATS subject; fanout needs it.
+	Publish func(subject string, data []byte) error
+	// Flush waits until everything published reached the NATS server; nil
+	// skips it.
+	Flush func() error
+	// ShardCommand returns the command for a child process. The child
+	// must call RunShard when it finds ShardEnv in its environment; bench
+	// sets the variable, the standard input and the standard output.
+	ShardCommand func(ctx context.Context) *exec.Cmd
+
+	// Progress receives a line every second while the run goes; nil
+	// prints nothing.
+	Progress io.Writer
+	// Logger receives the client's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+const (
+	defaultConns            = 1000
+	defaultMessages         = 200
+	defaultSize             = 64
+	defaultDuration         = 10 * time.Second
+	defaultTimeout          = 2 * time.Minute
+	defaultDialers          = 64
+	defaultHandshakeTimeout = 5 * time.Second
+	defaultChannelPrefix    = "bench"
+)
+
+func (c *Config) setDefaults() {
+	if c.Conns == 0 {
+		c.Conns = defaultConns
+	}
+	if c.Channels == 0 {
+		c.Channels = 1
+	}
+	if c.ChannelPrefix == "" {
+		c.ChannelPrefix = defaultChannelPrefix
+	}
+	if c.Messages == 0 && c.Rate == 0 {
+		c.Messages = defaultMessages
+	}
+	if c.Size == 0 {
+		c.Size = defaultSize
+	}
+	if c.Duration == 0 {
+		c.Duration = defaultDuration
+	}
+	if c.Timeout == 0 {
+		c.Timeout = defaultTimeout
+	}
+	if c.Loops == 0 {
+		c.Loops = max(1, runtime.NumCPU()/2)
+	}
+	if c.Dialers == 0 {
+		c.Dialers = defaultDialers
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if c.Procs == 0 {
+		c.Procs = (c.Conns + MaxShardConns - 1) / MaxShardConns
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// check reports what is wrong with a defaulted Config.
+func (c *Config) check() (*url.URL, error) {
+	switch c.Scenario {
+	case Idle, Fanout, Storm:
+	default:
+		return nil, fmt.Errorf("unknown scenario %q: want idle, fanout or storm", c.Scenario)
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		return nil, fmt.Errorf("url %q: %w", c.URL, err)
+	}
+	if u.Scheme != "ws" {
+		return nil, fmt.Errorf("url %q: want ws://host:port/path (no TLS)", c.URL)
+	}
+	if u.Port() == "" {
+		u.Host = u.Hostname() + ":80"
+	}
+	switch {
+	case c.Conns < 0:
+		return nil, errors.New("conns must not be negative")
+	case c.Channels < 1 || c.Channels > c.Conns:
+		return nil, fmt.Errorf("channels must be between 1 and conns (%d)", c.Conns)
+	case c.Messages < 0:
+		return nil, errors.New("messages must not be negative")
+	case c.Rate < 0:
+		return nil, errors.New("rate must not be negative")
+	case c.Duration < 0 || c.Timeout < 0:
+		return nil, errors.New("duration and timeout must not be negative")
+	case c.Procs < 1 || c.Procs > c.Conns:
+		return nil, fmt.Errorf("procs must be between 1 and conns (%d)", c.Conns)
+	case (c.Conns+c.Procs-1)/c.Procs > MaxShardConns:
+		return nil, fmt.Errorf("%d processes would hold %d connections each, over the %d one process can", c.Procs, (c.Conns+c.Procs-1)/c.Procs, MaxShardConns)
+	case c.Procs > 1 && c.ShardCommand == nil:
+		return nil, errors.New("more than one process needs a ShardCommand")
+	case c.Loops < 1 || c.Dialers < 1:
+		return nil, errors.New("loops and dialers must be positive")
+	}
+	if c.Scenario == Fanout {
+		if c.Publish == nil {
+			return nil, errors.New("fanout needs a Publish function")
+		}
+		maxSeq := uint64(c.Messages)
+		if c.Messages == 0 {
+			maxSeq = uint64(c.Rate*c.Duration.Seconds()) + 1
+		}
+		if need := MinPayloadSize(maxSeq); c.Size < need {
+			return nil, fmt.Errorf("size %d is too small: a payload carrying sequence %d and a timestamp takes %d bytes", c.Size, maxSeq, need)
+		}
+	}
+	for _, ip := range c.SourceIPs {
+		if !ip.Is4() && !ip.Is6() {
+			return nil, fmt.Errorf("source address %v is not an IP address", ip)
+		}
+	}
+	return u, nil
+}
+
+// ParseSourceIPs reads the --source-ips flag: a comma-separated list of
+// addresses, or a count n meaning 127.0.0.2 through 127.0.0.(n+1).
+func ParseSourceIPs(s string) ([]netip.Addr, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 250 {
+			return nil, fmt.Errorf("source address count %d: want 1 to 250", n)
+		}
+		return loopbackSources(n), nil
+	}
+	var ips []netip.Addr
+	for _, f := range strings.Split(s, ",") {
+		ip, err := netip.ParseAddr(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("source address %q: %w", f, err)
+		}
+		ips = append(ips, ip)
+	}
+	return ips, nil
+}
+
+// loopbackSources returns 127.0.0.2 onwards: the whole of 127.0.0.0/8 is
+// local on Linux, and each address brings its own ephemeral ports.
+func loopbackSources(n int) []netip.Addr {
+	ips := make([]netip.Addr, n)
+	for i := range ips {
+		ips[i] = netip.AddrFrom4([4]byte{127, 0, 0, byte(2 + i)})
+	}
+	return ips
+}
+
+// channelOf is the channel of connection i of n: evenly spread, or with
+// hot, every other connection on channel 0 and the rest spread over the
+// others.
+func channelOf(i, channels int, hot bool) int {
+	if channels <= 1 {
+		return 0
+	}
+	if !hot {
+		return i % channels
+	}
+	if i%2 == 0 {
+		return 0
+	}
+	return 1 + (i/2)%(channels-1)
+}
+
+// channelName is channel k's name for a run: PREFIX.K, where the prefix
+// already carries the run id.
+func channelName(prefix string, k int) string { return prefix + "." + strconv.Itoa(k) }

@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseSourceIPs(t *testing.T) {
+	ips, err := ParseSourceIPs("3")
+	if err != nil || len(ips) != 3 || ips[0].String() != "127.0.0.2" || ips[2].String() != "127.0.0.4" {
+		t.Fatalf("%v %v", ips, err)
+	}
+	ips, err = ParseSourceIPs("127.0.0.9, 127.0.0.10")
+	if err != nil || len(ips) != 2 || ips[1].String() != "127.0.0.10" {
+		t.Fatalf("%v %v", ips, err)
+	}
+	for _, bad := range []string{"0", "300", "127.0.0.1,nope"} {
+		if _, err := ParseSourceIPs(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if ips, err := ParseSourceIPs(""); err != nil || ips != nil {
+		t.Fatalf("%v %v", ips, err)
+	}
+}
+
+func TestChannelOf(t *testing.T) {
+	count := func(n, k int, hot bool) []int {
+		c := make([]int, k)
+		for i := range n {
+			c[channelOf(i, k, hot)]++
+		}
+		return c
+	}
+	if got := count(1000, 10, false); !reflect.DeepEqual(got, []int{100, 100, 100, 100, 100, 100, 100, 100, 100, 100}) {
+		t.Errorf("uniform: %v", got)
+	}
+	if got := count(300, 3, true); !reflect.DeepEqual(got, []int{150, 75, 75}) {
+		t.Errorf("hot: %v", got)
+	}
+	if got := count(10, 1, true); !reflect.DeepEqual(got, []int{10}) {
+		t.Errorf("one channel: %v", got)
+	}
+}
+
+func TestPlanShards(t *testing.T) {
+	const ports = 28232 // 11,292 connections per address
+	sizes, sources := planShards(19000, 1, nil, ports)
+	if !reflect.DeepEqual(sizes, []int{19000}) || !reflect.DeepEqual(sources, [][]string{{"127.0.0.2", "127.0.0.3"}}) {
+		t.Errorf("19,000 in one process: %v %v", sizes, sources)
+	}
+	sizes, sources = planShards(1000, 1, nil, ports)
+	if !reflect.DeepEqual(sizes, []int{1000}) || sources[0] != nil {
+		t.Errorf("a small run dials from the kernel's choice: %v %v", sizes, sources)
+	}
+	sizes, sources = planShards(600, 2, nil, ports)
+	if !reflect.DeepEqual(sizes, []int{300, 300}) || !reflect.DeepEqual(sources, [][]string{{"127.0.0.2"}, {"127.0.0.3"}}) {
+		t.Errorf("two processes: %v %v", sizes, sources)
+	}
+	sizes, sources = planShards(50001, 3, nil, ports)
+	if !reflect.DeepEqual(sizes, []int{16667, 16667, 16667}) ||
+		!reflect.DeepEqual(sources, [][]string{{"127.0.0.2", "127.0.0.3"}, {"127.0.0.4", "127.0.0.5"}, {"127.0.0.6", "127.0.0.7"}}) {
+		t.Errorf("three processes: %v %v", sizes, sources)
+	}
+	ips := []netip.Addr{netip.MustParseAddr("127.0.0.7"), netip.MustParseAddr("127.0.0.8"), netip.MustParseAddr("127.0.0.9")}
+	if _, sources = planShards(100, 2, ips, ports); !reflect.DeepEqual(sources, [][]string{{"127.0.0.7", "127.0.0.9"}, {"127.0.0.8"}}) {
+		t.Errorf("explicit, more than shards: %v", sources)
+	}
+	if _, sources = planShards(100, 4, ips[:1], ports); !reflect.DeepEqual(sources, [][]string{{"127.0.0.7"}, {"127.0.0.7"}, {"127.0.0.7"}, {"127.0.0.7"}}) {
+		t.Errorf("explicit, fewer than shards: %v", sources)
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	publish := func(string, []byte) error { return nil }
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Scenario: "flood", URL: "ws://h:1/ws"}, "unknown scenario"},
+		{Config{Scenario: Idle, URL: "http://h:1/ws"}, "want ws://"},
+		{Config{Scenario: Idle, URL: "ws://h:1/ws", Conns: 10, Channels: 11}, "channels"},
+		{Config{Scenario: Idle, URL: "ws://h:1/ws", Conns: 40000, Procs: 2}, "over the 19000"},
+		{Config{Scenario: Idle, URL: "ws://h:1/ws", Conns: 40000}, "ShardCommand"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws"}, "Publish"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Size: 30}, "too small"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Rate: -1}, "rate"},
+	} {
+		tc.cfg.setDefaults()
+		_, err := tc.cfg.check()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	cfg := Config{Scenario: Fanout, URL: "ws://127.0.0.1/ws", Publish: publish}
+	cfg.setDefaults()
+	u, err := cfg.check()
+	if err != nil || u.Host != "127.0.0.1:80" || cfg.Procs != 1 || cfg.Messages != 200 || cfg.Size != 64 {
+		t.Fatalf("%v %v %+v", u, err, cfg)
+	}
+}

@@ -1,0 +1,282 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is what a run measured: the table WriteTable prints, and the
+// JSON --json writes. Durations are in seconds unless a field's name
+// says otherwise.
+type Result struct {
+	Scenario Scenario  `json:"scenario"`
+	URL      string    `json:"url"`
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+	Conns    int       `json:"conns"`
+	Channels int       `json:"channels"`
+	Hot      bool      `json:"hot,omitempty"`
+	Format   string    `json:"format"`
+	Procs    int       `json:"procs"`
+	Loops    int       `json:"client_loops"` // per process
+	// SourceIPs are the local addresses dialed from; empty means the
+	// kernel's choice.
+	SourceIPs []string `json:"source_ips,omitempty"`
+
+	Connect ConnectResult `json:"connect"`
+	Server  ServerResult  `json:"server"`
+	Fanout  *FanoutResult `json:"fanout,omitempty"`
+	Storm   *StormResult  `json:"storm,omitempty"`
+
+	// ClosedByServer counts upgraded connections the server closed, by
+	// reason ("close 1008", "ECONNRESET", "eof").
+	ClosedByServer map[string]int `json:"closed_by_server,omitempty"`
+	// OtherMessages counts messages that were not bench payloads, such as
+	// the server's {"op":"error"} answers.
+	OtherMessages uint64 `json:"other_messages,omitempty"`
+	// BenchCPUSeconds is the bench's own CPU time over all its processes:
+	// what it took from a machine it shares with the server.
+	BenchCPUSeconds float64 `json:"bench_cpu_seconds"`
+	// TimedOut says the run was cut short, by Config.Timeout or by its
+	// context: the figures are partial and Notes says where it stopped.
+	TimedOut bool     `json:"timed_out,omitempty"`
+	Notes    []string `json:"notes,omitempty"`
+}
+
+// ConnectResult is the first connect of every connection.
+type ConnectResult struct {
+	Upgraded  int64   `json:"upgraded"`
+	GaveUp    int64   `json:"gave_up"` // refused for good (a status no retry changes)
+	Attempts  int64   `json:"attempts"`
+	Seconds   float64 `json:"seconds"` // first dial to last upgrade
+	PerSecond float64 `json:"per_second"`
+	// Failures counts failed attempts by reason: "http 503",
+	// "connect: connection refused", "handshake timeout", ...
+	Failures map[string]int `json:"failures,omitempty"`
+}
+
+// ServerResult is the server's resource use, when the bench could read
+// it: Source says from where. Nil parts were not measured.
+type ServerResult struct {
+	Source string        `json:"source,omitempty"`
+	Memory *MemoryResult `json:"memory,omitempty"`
+	CPU    *CPUResult    `json:"cpu,omitempty"`
+}
+
+// MemoryResult is the server's resident memory before connecting and at
+// the end of the idle hold.
+type MemoryResult struct {
+	Before  int64   `json:"rss_before_bytes"`
+	After   int64   `json:"rss_after_bytes"`
+	Conns   int64   `json:"conns"`
+	PerConn float64 `json:"rss_per_conn_bytes"`
+}
+
+// CPUResult is the server's user and system time over the measured phase
+// and per unit of work: per connection for idle (the connect phase), per
+// delivery for fanout, per reconnect for storm.
+type CPUResult struct {
+	Seconds   float64 `json:"seconds"`
+	Unit      string  `json:"unit"`
+	Count     uint64  `json:"count"`
+	MicrosPer float64 `json:"us_per_unit"`
+}
+
+// FanoutResult is what the subscribers received.
+type FanoutResult struct {
+	Published      int     `json:"published"`
+	Size           int     `json:"size"`
+	Rate           float64 `json:"rate"` // 0: as fast as possible
+	PublishSeconds float64 `json:"publish_seconds"`
+	// Expected is the sum over channels of messages published on it times
+	// its upgraded connections.
+	Expected     uint64  `json:"expected"`
+	Delivered    uint64  `json:"delivered"` // first arrivals
+	DeliveredPct float64 `json:"delivered_pct"`
+	Missing      uint64  `json:"missing"`
+	Duplicated   uint64  `json:"duplicated"`
+	OutOfOrder   uint64  `json:"out_of_order"`
+	// Seconds runs from the first publish to the last delivery.
+	Seconds   float64       `json:"seconds"`
+	PerSecond float64       `json:"deliveries_per_second"`
+	Latency   LatencyResult `json:"latency"`
+}
+
+// StormResult is the reconnect after every connection was dropped.
+type StormResult struct {
+	Dropped     int64 `json:"dropped"`
+	Reconnected int64 `json:"reconnected"`
+	GaveUp      int64 `json:"gave_up"`
+	Attempts    int64 `json:"attempts"`
+	Complete    bool  `json:"complete"`
+	// Seconds runs from the drop to the last reconnect, when complete.
+	Seconds float64 `json:"seconds"`
+	// Refusals counts failed reconnect attempts by reason.
+	Refusals map[string]int `json:"refusals,omitempty"`
+}
+
+// WriteJSON writes r as indented JSON.
+func (r *Result) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes r as a table for people.
+func (r *Result) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(name, format string, args ...any) {
+		fmt.Fprintf(tw, "%s\t%s\n", name, fmt.Sprintf(format, args...))
+	}
+	layout := fmt.Sprintf("%d conns over %d channel%s", r.Conns, r.Channels, plural(r.Channels))
+	if r.Hot {
+		layout += " (half on one hot channel)"
+	}
+	layout += fmt.Sprintf(", %s format, %d process%s x %d loop%s", r.Format, r.Procs, pluralES(r.Procs), r.Loops, plural(r.Loops))
+	if len(r.SourceIPs) > 0 {
+		layout += ", from " + strings.Join(r.SourceIPs, ",")
+	}
+	row("herald bench "+string(r.Scenario), "%s", r.URL)
+	row("setup", "%s", layout)
+
+	c := r.Connect
+	row("connected", "%d/%d upgraded in %s (%s/s), %d attempts, %d gave up",
+		c.Upgraded, r.Conns, seconds(c.Seconds), count(c.PerSecond), c.Attempts, c.GaveUp)
+	row("connect failures", "%s", reasons(c.Failures))
+
+	if m := r.Server.Memory; m != nil {
+		row("server RSS", "%s before, %s after with %d conns: %s per connection",
+			bytesIEC(m.Before), bytesIEC(m.After), m.Conns, bytesPlain(m.PerConn))
+	} else if r.Scenario == Idle {
+		row("server RSS", "n/a (no --server-pid and no /metrics)")
+	}
+	if f := r.Fanout; f != nil {
+		rate := "as fast as possible"
+		if f.Rate > 0 {
+			rate = fmt.Sprintf("at %g msg/s", f.Rate)
+		}
+		row("published", "%d messages of %d B %s in %s", f.Published, f.Size, rate, seconds(f.PublishSeconds))
+		row("delivered", "%d/%d (%.3f%%)", f.Delivered, f.Expected, f.DeliveredPct)
+		row("missing / dup / out-of-order", "%d / %d / %d", f.Missing, f.Duplicated, f.OutOfOrder)
+		row("throughput", "%s deliveries/s over %s (first publish to last delivery)", count(f.PerSecond), seconds(f.Seconds))
+		l := f.Latency
+		if l.Count > 0 {
+			row("latency", "p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  (%d samples)",
+				millis(l.P50), millis(l.P90), millis(l.P99), millis(l.P999), millis(l.Max), l.Count)
+		} else {
+			row("latency", "n/a (nothing delivered)")
+		}
+	}
+	if s := r.Storm; s != nil {
+		back := "not all back"
+		if s.Complete {
+			back = "all back in " + seconds(s.Seconds)
+		}
+		row("storm", "%d dropped, %d reconnected in %d attempts, %d gave up: %s", s.Dropped, s.Reconnected, s.Attempts, s.GaveUp, back)
+		row("storm refusals", "%s", reasons(s.Refusals))
+	}
+	switch cpu := r.Server.CPU; {
+	case cpu != nil && cpu.Count > 0:
+		row("server CPU", "%.2f s: %.2f µs per %s (%d)", cpu.Seconds, cpu.MicrosPer, cpu.Unit, cpu.Count)
+	case cpu != nil:
+		row("server CPU", "%.2f s, no %s to divide it by", cpu.Seconds, cpu.Unit)
+	default:
+		row("server CPU", "n/a")
+	}
+	if r.Server.Source != "" {
+		row("server figures from", "%s", r.Server.Source)
+	}
+	if len(r.ClosedByServer) > 0 {
+		row("closed by server", "%s", reasons(r.ClosedByServer))
+	}
+	if r.OtherMessages > 0 {
+		row("other messages", "%d", r.OtherMessages)
+	}
+	row("bench CPU", "%.2f s over %s", r.BenchCPUSeconds, seconds(r.Seconds))
+	if r.TimedOut {
+		row("INCOMPLETE", "the run was cut short (--timeout or an interrupt): the figures above are partial")
+	}
+	for _, n := range r.Notes {
+		row("note", "%s", n)
+	}
+	return tw.Flush()
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func pluralES(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "es"
+}
+
+// reasons lists counts by reason, most frequent first.
+func reasons(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := slices.Collect(maps.Keys(m))
+	slices.SortFunc(keys, func(a, b string) int {
+		if m[a] != m[b] {
+			return m[b] - m[a]
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s: %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+func seconds(s float64) string {
+	if s < 1 {
+		return fmt.Sprintf("%.0f ms", s*1000)
+	}
+	return fmt.Sprintf("%.2f s", s)
+}
+
+func millis(ms float64) string {
+	if ms < 1 {
+		return fmt.Sprintf("%.0f µs", ms*1000)
+	}
+	return fmt.Sprintf("%.1f ms", ms)
+}
+
+// count writes n with thousands separators.
+func count(n float64) string {
+	s := fmt.Sprintf("%.0f", n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, ch := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(ch)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func bytesIEC(n int64) string {
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
+
+func bytesPlain(n float64) string {
+	return fmt.Sprintf("%.0f B", n)
+}

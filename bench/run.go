@@ -1,0 +1,659 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// pollEvery is how often the parent looks at the shards' counters to
+	// see whether a phase is over.
+	pollEvery = 10 * time.Millisecond
+	// warmupEvery is how often warm-up messages are published until every
+	// connection has received one.
+	warmupEvery = time.Second
+	// settleAfterWarmup lets warm-up messages still in flight land before
+	// the measured publishing starts.
+	settleAfterWarmup = 200 * time.Millisecond
+	// stallAfter ends the wait for deliveries when nothing new has arrived
+	// for this long after the last publish: the rest are lost.
+	stallAfter = 3 * time.Second
+	// finishGrace bounds collecting the shards' reports, even after the
+	// run's timeout.
+	finishGrace = 30 * time.Second
+)
+
+// Run runs one scenario and returns what it measured. The run ends by
+// itself within cfg.Timeout, plus the time to collect the shards'
+// reports; a run cut short by the timeout still returns what it measured,
+// with TimedOut set. The error is for runs that could not measure at all.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	cfg.setDefaults()
+	target, err := cfg.check()
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	start := time.Now()
+	deadline := start.Add(cfg.Timeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+
+	r := &runner{
+		cfg:    cfg,
+		target: target,
+		prefix: fmt.Sprintf("%s.%06x", cfg.ChannelPrefix, rand.Uint32()&0xFFFFFF),
+		res: &Result{
+			Scenario: cfg.Scenario,
+			URL:      cfg.URL,
+			Started:  start,
+			Conns:    cfg.Conns,
+			Channels: cfg.Channels,
+			Hot:      cfg.Hot,
+			Format:   "json",
+			Procs:    cfg.Procs,
+			Loops:    cfg.Loops,
+		},
+	}
+	if cfg.Raw {
+		r.res.Format = "raw"
+	}
+	r.phase.Store("connect")
+	r.planChannels()
+	r.probe = r.newProbe()
+	before, haveBefore := r.sample(ctx)
+
+	if err := r.startShards(ctx, deadline); err != nil {
+		r.finishShards()
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	stopProgress := r.showProgress()
+	err = r.scenario(ctx, before, haveBefore)
+	stopProgress()
+	if err != nil {
+		if ctx.Err() == nil {
+			r.finishShards()
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		r.res.TimedOut = true
+		why := fmt.Sprintf("timed out after %v", cfg.Timeout)
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			why = "interrupted"
+		}
+		r.note("%s while %s: %v", why, r.phase.Load(), err)
+	}
+	results := r.finishShards()
+	if len(results) == 0 {
+		return nil, fmt.Errorf("bench: no shard reported: %w", errors.Join(r.errs...))
+	}
+	r.res.BenchCPUSeconds += selfCPU().Seconds()
+	if err := r.res.aggregate(results, r.published, r.publishStart); err != nil {
+		r.note("%v", err)
+	}
+	r.res.Seconds = time.Since(start).Seconds()
+	return r.res, nil
+}
+
+// runner is one run in progress, in the parent.
+type runner struct {
+	cfg     Config
+	target  *url.URL
+	prefix  string // channel names are prefix.K
+	planned []int  // connections per channel
+	probe   serverProbe
+	shards  []shardHandle
+	res     *Result
+	errs    []error // shards that did not report
+
+	phase        atomic.Value  // string: what the run is doing, for progress and timeouts
+	expected     atomic.Uint64 // deliveries the messages published so far should make
+	published    []uint64      // measured messages published, by channel
+	publishStart time.Time
+}
+
+func (r *runner) note(format string, args ...any) {
+	r.res.Notes = append(r.res.Notes, fmt.Sprintf(format, args...))
+}
+
+func (r *runner) planChannels() {
+	r.planned = make([]int, r.cfg.Channels)
+	for i := range r.cfg.Conns {
+		r.planned[channelOf(i, r.cfg.Channels, r.cfg.Hot)]++
+	}
+	r.published = make([]uint64, r.cfg.Channels)
+}
+
+// newProbe picks where server figures come from: /proc with a PID, the
+// server's /metrics otherwise, or nowhere if that does not answer.
+func (r *runner) newProbe() serverProbe {
+	if r.cfg.ServerPID > 0 {
+		p := procProbe{pid: r.cfg.ServerPID}
+		r.res.Server.Source = p.source()
+		return p
+	}
+	mu := r.cfg.MetricsURL
+	if mu == "" {
+		mu = "http://" + r.target.Host + "/metrics"
+	}
+	return metricsProbe{url: mu, client: &http.Client{Timeout: 2 * time.Second}}
+}
+
+// sample reads the server's figures; failing, it says why once and the
+// report shows n/a.
+func (r *runner) sample(ctx context.Context) (serverSample, bool) {
+	if r.probe == nil {
+		return serverSample{}, false
+	}
+	s, err := r.probe.sample(ctx)
+	if err != nil {
+		if _, metrics := r.probe.(metricsProbe); !metrics || r.cfg.MetricsURL != "" {
+			r.note("server figures unavailable: %v", err)
+		}
+		r.probe = nil
+		r.res.Server.Source = ""
+		return s, false
+	}
+	r.res.Server.Source = r.probe.source()
+	return s, true
+}
+
+// startShards splits the connections over shards: this process alone, or
+// one child per shard.
+func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
+	cfg := &r.cfg
+	ports := defaultPortRange
+	if lo, hi, err := localPortRange(); err == nil {
+		ports = hi - lo + 1
+	}
+	sizes, sources := planShards(cfg.Conns, cfg.Procs, cfg.SourceIPs, ports)
+	r.checkPorts(sizes, sources, ports)
+	first := 0
+	for i, n := range sizes {
+		spec := shardSpec{
+			Index:            i,
+			URL:              r.target.String(),
+			Prefix:           r.prefix,
+			Channels:         cfg.Channels,
+			Hot:              cfg.Hot,
+			Raw:              cfg.Raw,
+			First:            first,
+			Conns:            n,
+			Sources:          sources[i],
+			Loops:            cfg.Loops,
+			Dialers:          cfg.Dialers,
+			HandshakeTimeout: cfg.HandshakeTimeout,
+			Deadline:         deadline.Add(finishGrace / 2),
+		}
+		first += n
+		for _, src := range sources[i] {
+			if !contains(r.res.SourceIPs, src) {
+				r.res.SourceIPs = append(r.res.SourceIPs, src)
+			}
+		}
+		if cfg.Procs == 1 {
+			s, err := startShard(spec, cfg.Logger)
+			if err != nil {
+				return err
+			}
+			r.shards = append(r.shards, localShard{s})
+			continue
+		}
+		rs, err := startRemote(ctx, cfg, spec)
+		if err != nil {
+			return err
+		}
+		r.shards = append(r.shards, rs)
+	}
+	return nil
+}
+
+// defaultPortRange is the size of Linux's default ephemeral port range,
+// 32768-60999, for when /proc does not say.
+const defaultPortRange = 28232
+
+// perSourceConns is how many connections to one destination a source
+// address carries before the bench adds another: 2/5 of the port range,
+// safely inside the even half that connect() searches first.
+func perSourceConns(ports int) int { return max(1000, ports*2/5) }
+
+// planShards splits conns over procs shards and gives each its source
+// addresses. Explicit addresses go to the shards in turn. Without them,
+// one process whose connections fit one address dials from the kernel's
+// choice, and otherwise every shard gets its own addresses from 127.0.0.2
+// on, as many as its connections need.
+func planShards(conns, procs int, explicit []netip.Addr, ports int) (sizes []int, sources [][]string) {
+	sizes = make([]int, procs)
+	for i := range sizes {
+		sizes[i] = conns / procs
+		if i < conns%procs {
+			sizes[i]++
+		}
+	}
+	sources = make([][]string, procs)
+	switch {
+	case len(explicit) >= procs:
+		for j, ip := range explicit {
+			sources[j%procs] = append(sources[j%procs], ip.String())
+		}
+	case len(explicit) > 0:
+		for i := range sources {
+			sources[i] = []string{explicit[i%len(explicit)].String()}
+		}
+	case procs == 1 && conns <= perSourceConns(ports):
+	default:
+		next := 0
+		for i, n := range sizes {
+			k := max(1, (n+perSourceConns(ports)-1)/perSourceConns(ports))
+			for _, ip := range loopbackSources(next + k)[next:] {
+				sources[i] = append(sources[i], ip.String())
+			}
+			next += k
+		}
+	}
+	return sizes, sources
+}
+
+// checkPorts warns when more connections share a source address than it
+// has ephemeral ports for, or enough to make connecting slow.
+func (r *runner) checkPorts(sizes []int, sources [][]string, ports int) {
+	per := map[string]int{}
+	for i, n := range sizes {
+		if len(sources[i]) == 0 {
+			per["the default source address"] += n
+			continue
+		}
+		for j, src := range sources[i] {
+			per[src] += n / len(sources[i])
+			if j < n%len(sources[i]) {
+				per[src]++
+			}
+		}
+	}
+	for src, n := range per {
+		switch {
+		case n > ports:
+			r.cfg.Logger.Warn("bench: more connections than ephemeral ports", "source", src, "conns", n, "ports", ports,
+				"fix", "more --source-ips, or scripts/tune-host.sh")
+		case n > ports/2:
+			r.cfg.Logger.Warn("bench: connecting will slow down past half the ephemeral ports", "source", src, "conns", n, "ports", ports,
+				"fix", "more --source-ips, or scripts/tune-host.sh")
+		}
+	}
+}
+
+func localPortRange() (lo, hi int, err error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0, errors.New("ip_local_port_range: unexpected format")
+	}
+	if lo, err = strconv.Atoi(f[0]); err == nil {
+		hi, err = strconv.Atoi(f[1])
+	}
+	return lo, hi, err
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// finishShards collects every shard's report, in parallel, even after the
+// run's context has ended.
+func (r *runner) finishShards() []*shardResult {
+	ctx, cancel := context.WithTimeout(context.Background(), finishGrace)
+	defer cancel()
+	results := make([]*shardResult, len(r.shards))
+	errs := make([]error, len(r.shards))
+	var wg sync.WaitGroup
+	for i, sh := range r.shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = sh.finish(ctx)
+		}()
+	}
+	wg.Wait()
+	r.shards = nil
+	var got []*shardResult
+	for i, res := range results {
+		if errs[i] != nil {
+			r.errs = append(r.errs, errs[i])
+			r.note("%v", errs[i])
+		}
+		if res != nil {
+			got = append(got, res)
+			r.res.BenchCPUSeconds += res.CPUSeconds
+		}
+	}
+	return got
+}
+
+// total sums the shards' progress.
+func (r *runner) total() progress {
+	var t progress
+	t.StormArmed = true
+	for _, sh := range r.shards {
+		p := sh.progress()
+		t.Up += p.Up
+		t.EverUp += p.EverUp
+		t.GaveUp += p.GaveUp
+		t.Failures += p.Failures
+		t.Warm += p.Warm
+		t.Delivered += p.Delivered
+		t.StormArmed = t.StormArmed && p.StormArmed
+		t.StormDropped += p.StormDropped
+		t.StormUp += p.StormUp
+		t.StormGaveUp += p.StormGaveUp
+	}
+	return t
+}
+
+// waitUntil polls the shards until done says so or ctx ends.
+func (r *runner) waitUntil(ctx context.Context, done func(progress) bool) error {
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		if done(r.total()) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// showProgress prints a line a second until the returned func is called.
+func (r *runner) showProgress() (stop func()) {
+	w := r.cfg.Progress
+	if w == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		start := time.Now()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			p := r.total()
+			line := fmt.Sprintf("bench %s %4.0fs  %s: %d/%d up", r.cfg.Scenario, time.Since(start).Seconds(), r.phase.Load(), p.Up, r.cfg.Conns)
+			if p.Failures > 0 {
+				line += fmt.Sprintf(", %d failed attempts", p.Failures)
+			}
+			switch r.phase.Load() {
+			case "warm-up":
+				line += fmt.Sprintf(", %d warm", p.Warm)
+			case "publish", "deliver":
+				exp := r.expected.Load()
+				line += fmt.Sprintf(", delivered %d/%d (%.1f%%)", p.Delivered, exp, percent(p.Delivered, exp))
+			case "storm":
+				line += fmt.Sprintf(", %d/%d back", p.StormUp, p.StormDropped)
+			}
+			fmt.Fprintln(w, line)
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+func percent(n, of uint64) float64 {
+	if of == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(of)
+}
+
+// scenario runs the part after the shards started.
+func (r *runner) scenario(ctx context.Context, before serverSample, haveBefore bool) error {
+	n := int64(r.cfg.Conns)
+	err := r.waitUntil(ctx, func(p progress) bool { return p.EverUp+p.GaveUp >= n })
+	if err != nil {
+		p := r.total()
+		return fmt.Errorf("%d of %d connections upgraded", p.EverUp, n)
+	}
+	switch r.cfg.Scenario {
+	case Idle:
+		return r.idle(ctx, before, haveBefore)
+	case Fanout:
+		return r.fanout(ctx)
+	case Storm:
+		return r.storm(ctx)
+	}
+	return nil
+}
+
+// idle holds the connections for Duration and reads the server's memory
+// at the end, when allocation during the connect phase has settled. The
+// CPU time is the connect phase's.
+func (r *runner) idle(ctx context.Context, before serverSample, haveBefore bool) error {
+	connected, haveConnected := r.sample(ctx)
+	r.phase.Store("hold")
+	err := sleep(ctx, r.cfg.Duration)
+	after, haveAfter := r.sample(ctx)
+	up := r.total().Up
+	if haveBefore && haveConnected {
+		ever := r.total().EverUp
+		r.res.Server.CPU = cpuResult(connected.CPU-before.CPU, uint64(ever), "connection")
+	}
+	if haveBefore && haveAfter && up > 0 {
+		r.res.Server.Memory = &MemoryResult{
+			Before:  before.RSS,
+			After:   after.RSS,
+			Conns:   up,
+			PerConn: float64(after.RSS-before.RSS) / float64(up),
+		}
+	}
+	return err
+}
+
+func cpuResult(d time.Duration, n uint64, unit string) *CPUResult {
+	c := &CPUResult{Seconds: d.Seconds(), Unit: unit, Count: n}
+	if n > 0 {
+		c.MicrosPer = float64(d) / float64(time.Microsecond) / float64(n)
+	}
+	return c
+}
+
+// fanout warms every connection up, publishes, and waits for the
+// deliveries.
+func (r *runner) fanout(ctx context.Context) error {
+	if err := r.warmup(ctx); err != nil {
+		return err
+	}
+	before, haveBefore := r.sample(ctx)
+	r.phase.Store("publish")
+	pubErr := r.publish(ctx)
+	r.phase.Store("deliver")
+	var err error
+	if pubErr == nil || ctx.Err() == nil {
+		err = r.awaitDeliveries(ctx)
+	}
+	after, haveAfter := r.sample(ctx)
+	if haveBefore && haveAfter {
+		r.res.Server.CPU = cpuResult(after.CPU-before.CPU, r.total().Delivered, "delivery")
+	}
+	if pubErr != nil {
+		return pubErr
+	}
+	return err
+}
+
+// warmup publishes a message with sequence 0 on every channel until each
+// connection has received one. Herald subscribes to NATS when a channel
+// gets its first socket, and that subscription reaches the NATS server
+// some time after the upgrade; measuring before it has would count
+// messages as missing that no one subscribed to yet.
+func (r *runner) warmup(ctx context.Context) error {
+	r.phase.Store("warm-up")
+	var buf []byte
+	for {
+		ts := time.Now().UnixMicro()
+		for k := range r.cfg.Channels {
+			buf = AppendPayload(buf[:0], 0, ts, r.cfg.Size)
+			if err := r.cfg.Publish(channelName(r.prefix, k), buf); err != nil {
+				return fmt.Errorf("publish warm-up: %w", err)
+			}
+		}
+		if err := r.flush(); err != nil {
+			return err
+		}
+		wait, cancel := context.WithTimeout(ctx, warmupEvery)
+		err := r.waitUntil(wait, func(p progress) bool { return p.Warm >= p.Up })
+		cancel()
+		if err == nil {
+			return sleep(ctx, settleAfterWarmup)
+		}
+		if ctx.Err() != nil {
+			p := r.total()
+			return fmt.Errorf("%d of %d connections received a warm-up message", p.Warm, p.Up)
+		}
+	}
+}
+
+func (r *runner) flush() error {
+	if r.cfg.Flush == nil {
+		return nil
+	}
+	if err := r.cfg.Flush(); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	return nil
+}
+
+// publish sends Messages messages round robin over the channels, each
+// stamped with its channel's next sequence number and the time just
+// before it is handed to NATS. With a Rate, message i goes out at
+// start + i/Rate, catching up in a burst after a late wake-up rather than
+// drifting; publishing stops at Duration in any case.
+func (r *runner) publish(ctx context.Context) error {
+	cfg := &r.cfg
+	subjects := make([]string, cfg.Channels)
+	for k := range subjects {
+		subjects[k] = channelName(r.prefix, k)
+	}
+	start := time.Now()
+	r.publishStart = start
+	end := start.Add(cfg.Duration)
+	buf := make([]byte, 0, cfg.Size)
+	var sent int
+	defer func() {
+		f := &FanoutResult{Published: sent, Size: cfg.Size, Rate: cfg.Rate, PublishSeconds: time.Since(start).Seconds()}
+		r.res.Fanout = f
+	}()
+	for i := 0; cfg.Messages == 0 || i < cfg.Messages; i++ {
+		now := time.Now()
+		if cfg.Rate > 0 {
+			due := start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+			if due.After(end) {
+				break
+			}
+			if wait := due.Sub(now); wait > 0 {
+				if err := r.flush(); err != nil {
+					return err
+				}
+				if err := sleep(ctx, wait); err != nil {
+					return err
+				}
+				now = time.Now()
+			}
+		} else if now.After(end) {
+			r.note("publishing stopped at --duration after %d of %d messages", i, cfg.Messages)
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		k := i % cfg.Channels
+		seq := r.published[k] + 1
+		buf = AppendPayload(buf[:0], seq, now.UnixMicro(), cfg.Size)
+		if err := cfg.Publish(subjects[k], buf); err != nil {
+			return fmt.Errorf("publish message %d: %w", i+1, err)
+		}
+		r.published[k] = seq
+		r.expected.Add(uint64(r.planned[k]))
+		sent++
+	}
+	return r.flush()
+}
+
+// awaitDeliveries waits until every connection has every message, or
+// until nothing new arrives for stallAfter.
+func (r *runner) awaitDeliveries(ctx context.Context) error {
+	last, lastAt := r.total().Delivered, time.Now()
+	return r.waitUntil(ctx, func(p progress) bool {
+		if p.Delivered >= r.expected.Load() {
+			return true
+		}
+		if p.Delivered != last {
+			last, lastAt = p.Delivered, time.Now()
+		}
+		return time.Since(lastAt) >= stallAfter
+	})
+}
+
+// storm drops every connection on every shard at once and waits until all
+// are back.
+func (r *runner) storm(ctx context.Context) error {
+	before, haveBefore := r.sample(ctx)
+	r.phase.Store("storm")
+	var wg sync.WaitGroup
+	errs := make([]error, len(r.shards))
+	for i, sh := range r.shards {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = sh.storm() }()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	err := r.waitUntil(ctx, func(p progress) bool {
+		return p.StormArmed && p.StormUp+p.StormGaveUp >= p.StormDropped
+	})
+	after, haveAfter := r.sample(ctx)
+	if haveBefore && haveAfter {
+		r.res.Server.CPU = cpuResult(after.CPU-before.CPU, uint64(r.total().StormUp), "reconnect")
+	}
+	if err != nil {
+		p := r.total()
+		return fmt.Errorf("%d of %d connections back", p.StormUp, p.StormDropped)
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// serverSample is the server's resident memory and CPU time at one
+// moment.
+type serverSample struct {
+	RSS int64         // bytes
+	CPU time.Duration // user + system
+}
+
+// serverProbe reads the server's resource use, from /proc when the bench
+// knows the server's process, or from its /metrics otherwise.
+type serverProbe interface {
+	sample(ctx context.Context) (serverSample, error)
+	source() string
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every
+// Linux architecture Go supports.
+const clockTicks = 100
+
+// procProbe reads /proc/PID.
+type procProbe struct{ pid int }
+
+func (p procProbe) source() string { return "/proc/" + strconv.Itoa(p.pid) }
+
+func (p procProbe) sample(context.Context) (serverSample, error) {
+	var s serverSample
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		return s, fmt.Errorf("server memory: %w", err)
+	}
+	if s.RSS, err = parseVmRSS(status); err != nil {
+		return s, fmt.Errorf("server memory: /proc/%d/status: %w", p.pid, err)
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+	if err != nil {
+		return s, fmt.Errorf("server cpu: %w", err)
+	}
+	if s.CPU, err = parseStatCPU(stat); err != nil {
+		return s, fmt.Errorf("server cpu: /proc/%d/stat: %w", p.pid, err)
+	}
+	return s, nil
+}
+
+// parseVmRSS returns the VmRSS line of /proc/PID/status in bytes.
+func parseVmRSS(status []byte) (int64, error) {
+	for line := range bytes.Lines(status) {
+		rest, ok := bytes.CutPrefix(line, []byte("VmRSS:"))
+		if !ok {
+			continue
+		}
+		f := strings.Fields(string(rest))
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("unexpected VmRSS line %q", line)
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("VmRSS: %w", err)
+		}
+		return kb << 10, nil
+	}
+	return 0, errors.New("no VmRSS line")
+}
+
+// parseStatCPU returns utime + stime from /proc/PID/stat. The command
+// name in parentheses may hold spaces, so fields are counted from its
+// closing parenthesis: utime and stime are fields 14 and 15 of the line,
+// 12 and 13 after it.
+func parseStatCPU(stat []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no command name")
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("too few fields")
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("cpu ticks %q: %w", v, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// metricsProbe reads the Prometheus process metrics from the server's
+// /metrics, for servers on another machine or without a known PID.
+type metricsProbe struct {
+	url    string
+	client *http.Client
+}
+
+func (m metricsProbe) source() string { return m.url }
+
+func (m metricsProbe) sample(ctx context.Context) (serverSample, error) {
+	var s serverSample
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.url, nil)
+	if err != nil {
+		return s, fmt.Errorf("server metrics: %w", err)
+	}
+	resp, err := m.client.Do(req)
+	if err != nil {
+		return s, fmt.Errorf("server metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("server metrics: %s answered %s", m.url, resp.Status)
+	}
+	return parseProcessMetrics(io.LimitReader(resp.Body, 4<<20))
+}
+
+// parseProcessMetrics reads process_resident_memory_bytes and
+// process_cpu_seconds_total from a Prometheus text exposition.
+func parseProcessMetrics(r io.Reader) (serverSample, error) {
+	var s serverSample
+	var haveRSS, haveCPU bool
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		value, _, _ = strings.Cut(strings.TrimSpace(value), " ") // drop a timestamp
+		switch name {
+		case "process_resident_memory_bytes":
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				return s, fmt.Errorf("server metrics: %s: %w", name, err)
+			}
+			s.RSS, haveRSS = int64(v), true
+		case "process_cpu_seconds_total":
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				return s, fmt.Errorf("server metrics: %s: %w", name, err)
+			}
+			s.CPU, haveCPU = time.Duration(v*float64(time.Second)), true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return s, fmt.Errorf("server metrics: %w", err)
+	}
+	if !haveRSS || !haveCPU {
+		return s, errors.New("server metrics: no process_resident_memory_bytes or process_cpu_seconds_total")
+	}
+	return s, nil
+}

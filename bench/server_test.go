@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseProc(t *testing.T) {
+	rss, err := parseVmRSS([]byte("Name:\therald\nVmPeak:\t  99999 kB\nVmRSS:\t   34172 kB\nThreads:\t7\n"))
+	if err != nil || rss != 34172<<10 {
+		t.Fatalf("%d %v", rss, err)
+	}
+	// A command name with spaces and parentheses does not shift the fields.
+	stat := "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 7 0 100 0 0"
+	cpu, err := parseStatCPU([]byte(stat))
+	if err != nil || cpu != 3800*time.Millisecond {
+		t.Fatalf("%v %v", cpu, err)
+	}
+	if _, err := parseStatCPU([]byte("1234 (x) S 1")); err == nil {
+		t.Fatal("short stat accepted")
+	}
+	if _, err := parseVmRSS([]byte("Name:\tx\n")); err == nil {
+		t.Fatal("missing VmRSS accepted")
+	}
+}
+
+func TestProcProbeSelf(t *testing.T) {
+	s, err := procProbe{pid: os.Getpid()}.sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RSS < 1<<20 || s.CPU < 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+func TestMetricsProbe(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(strings.Join([]string{
+			"# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
+			"# TYPE process_cpu_seconds_total counter",
+			"process_cpu_seconds_total 12.34",
+			"process_resident_memory_bytes 3.3554432e+07",
+			`herald_upgrades_refused_total{reason="conn_limit"} 3`,
+		}, "\n")))
+	}))
+	defer srv.Close()
+	p := metricsProbe{url: srv.URL + "/metrics", client: srv.Client()}
+	s, err := p.sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RSS != 32<<20 || s.CPU != 12340*time.Millisecond {
+		t.Fatalf("%+v", s)
+	}
+	if _, err := parseProcessMetrics(strings.NewReader("herald_connections 5\n")); err == nil {
+		t.Fatal("metrics without process figures accepted")
+	}
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/herald-ws/herald/bench"
+)
+
+const benchAbout = `Opens many WebSocket connections to a Herald server, runs one scenario and
+reports what the server did: a progress line a second on stderr, a table on
+stdout at the end, and with --json the same figures as JSON.
+
+Scenarios:
+  idle     open --conns connections, hold them for --duration, and report the
+           connect rate, handshake failures by reason, and the server's
+           resident memory per connection (RSS before connecting and after
+           the hold) and CPU time per connection.
+  fanout   open --conns connections spread over --channels channels (--hot:
+           half of them on one channel), publish --messages messages of
+           --size bytes through NATS at --rate, and report deliveries per
+           second, delivered %, missing / duplicated / out-of-order messages,
+           publish-to-receive latency percentiles and the server's CPU time
+           per delivery. Each payload carries its channel sequence number and
+           send time: {"seq":N,"ts":MICROS,"pad":"xx.."}.
+  storm    open --conns connections, drop them all at once and reconnect
+           them all, and report the time until all are back and the refusals
+           seen meanwhile (503s, connect errors, timeouts).
+
+Server figures come from /proc/PID with --server-pid, else from the server's
+/metrics if it has one (process_resident_memory_bytes,
+process_cpu_seconds_total), else they show n/a.
+
+One process holds at most 19,000 connections (the open-file limit). Past that,
+or with --procs, the bench runs its connections in child processes and sums
+their results. Connections are spread over loopback source addresses
+(127.0.0.2, 127.0.0.3, ...; see --source-ips) so that none runs short of
+ephemeral ports. scripts/tune-host.sh shows the host settings large runs need.
+
+Every run ends by itself: --duration bounds publishing and the idle hold,
+--timeout the whole run (a run cut short still reports what it measured, and
+exits 1).`
+
+func runBench(args []string, stdout, stderr io.Writer) error {
+	if spec, ok := os.LookupEnv(bench.ShardEnv); ok {
+		return runBenchShard(spec, stdout, stderr)
+	}
+	fs := newFlagSet("bench", "idle|fanout|storm [flags]", benchAbout, stderr)
+	var cfg bench.Config
+	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "the server's WebSocket `URL`; each connection adds channel=NAME to its query")
+	fs.IntVar(&cfg.Conns, "conns", 1000, "connections to open")
+	fs.IntVar(&cfg.Channels, "channels", 1, "channels to spread the connections over, named PREFIX.RUN.K")
+	fs.BoolVar(&cfg.Hot, "hot", false, "put half the connections on one hot channel and spread the rest over the others (default: spread evenly)")
+	raw := fs.Bool("raw", false, "subscribe with format=raw (bare payloads) instead of the default JSON envelope")
+	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench", "first part of every channel name; a random run id follows it")
+	fs.IntVar(&cfg.Messages, "messages", 200, "fanout: messages to publish, round robin over the channels; 0 with --rate publishes until --duration")
+	size := sizeFlag(fs, "size", 64, "fanout: payload size in bytes, e.g. 64, 1KiB")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout: messages per second over all channels; 0 publishes as fast as possible")
+	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout: `URL` of the NATS server Herald listens to")
+	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's process `id`, for its memory and CPU time from /proc; 0 tries its /metrics")
+	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the server's Prometheus metrics `URL` (default http://HOST/metrics of --url), used without --server-pid")
+	fs.IntVar(&cfg.Procs, "procs", 0, "processes to hold the connections; 0 means ceil(conns/19000)")
+	sources := fs.String("source-ips", "", "local `addresses` to dial from, dealt to the processes in turn: a list (127.0.0.2,127.0.0.3) or a count n (127.0.0.2 onwards); default: the kernel's choice when the connections fit one address's ephemeral ports, else 127.0.0.2 onwards, enough per process that none uses more than 2/5 of the port range")
+	fs.IntVar(&cfg.Loops, "loops", 0, "client event loops per process; 0 means half the CPUs, at least one")
+	fs.IntVar(&cfg.Dialers, "dialers", 64, "goroutines dialing connections, per process")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "retry a connection whose upgrade is not answered within this time")
+	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "idle: how long to hold the connections; fanout: the longest publishing may take")
+	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "the longest the whole run may take")
+	jsonFile := fs.String("json", "", "also write the results as JSON to `FILE` (- for stdout)")
+	quiet := fs.Bool("quiet", false, "no progress lines")
+	logLevel := fs.String("log-level", "warn", "log `level`: debug, info, warn or error")
+
+	scenario, rest, err := splitScenario(args)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		fs.Usage()
+		return errUsage
+	}
+	if err := parseFlags(fs, rest); err != nil {
+		return err
+	}
+	if scenario == "" {
+		fmt.Fprintln(stderr, "missing scenario: idle, fanout or storm")
+		fs.Usage()
+		return errUsage
+	}
+	cfg.Scenario = scenario
+	cfg.Raw = *raw
+	cfg.Size = int(*size)
+	if cfg.SourceIPs, err = bench.ParseSourceIPs(*sources); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *logLevel, "text")
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	if !*quiet {
+		cfg.Progress = stderr
+	}
+	cfg.ShardCommand = selfCommand
+
+	if scenario == bench.Fanout {
+		nc, err := nats.Connect(*natsURL, nats.Name("herald-bench"))
+		if err != nil {
+			return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
+		}
+		defer nc.Close()
+		cfg.Publish = nc.Publish
+		cfg.Flush = func() error { return nc.FlushTimeout(10 * time.Second) }
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if err := res.WriteTable(stdout); err != nil {
+		return err
+	}
+	if err := writeBenchJSON(*jsonFile, res, stdout); err != nil {
+		return err
+	}
+	if res.TimedOut {
+		return errors.New("the run did not finish: timed out or interrupted (see the notes)")
+	}
+	return nil
+}
+
+// splitScenario takes the scenario from the front of args, where the flag
+// package would stop parsing.
+func splitScenario(args []string) (bench.Scenario, []string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return "", args, nil
+	}
+	for _, s := range bench.Scenarios() {
+		if string(s) == args[0] {
+			return s, args[1:], nil
+		}
+	}
+	return "", nil, fmt.Errorf("unknown scenario %q: want idle, fanout or storm", args[0])
+}
+
+func writeBenchJSON(name string, res *bench.Result, stdout io.Writer) error {
+	switch name {
+	case "":
+		return nil
+	case "-":
+		return res.WriteJSON(stdout)
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		return fmt.Errorf("--json: %w", err)
+	}
+	if err := res.WriteJSON(f); err != nil {
+		f.Close()
+		return fmt.Errorf("--json %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("--json %s: %w", name, err)
+	}
+	return nil
+}
+
+// selfCommand re-executes this binary as a bench shard; the bench package
+// adds the shard's spec to its environment.
+func selfCommand(ctx context.Context) *exec.Cmd {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	return exec.CommandContext(ctx, exe, "bench")
+}
+
+// runBenchShard is the child side of a sharded run: it talks to its
+// parent over stdin and stdout. An interrupt from the terminal reaches
+// the whole process group; the child leaves it to the parent, which asks
+// for the child's report before exiting.
+func runBenchShard(spec string, stdout, stderr io.Writer) error {
+	signal.Ignore(os.Interrupt)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return bench.RunShard(context.Background(), spec, os.Stdin, stdout, log)
+}

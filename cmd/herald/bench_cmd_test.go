@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herald-ws/herald/bench"
+	"github.com/herald-ws/herald/engine"
+)
+
+// A sharded run re-executes its own binary, which in tests is the test
+// binary: when the bench's shard variable is set, this process is a child
+// shard and never reaches the tests. init runs before any TestMain.
+func init() {
+	if _, ok := os.LookupEnv(bench.ShardEnv); ok {
+		os.Exit(run([]string{"bench"}, os.Stdout, os.Stderr))
+	}
+}
+
+// benchConfig is a small run against h, measuring this process as the
+// server (the bench's own CPU time is counted in too).
+func benchConfig(t *testing.T, h *herald, scenario bench.Scenario, conns int) bench.Config {
+	t.Helper()
+	return bench.Config{
+		Scenario:  scenario,
+		URL:       "ws://" + h.srv.Addr() + "/ws",
+		Conns:     conns,
+		ServerPID: os.Getpid(),
+		Duration:  500 * time.Millisecond,
+		Timeout:   30 * time.Second,
+		Loops:     2,
+		Dialers:   16,
+	}
+}
+
+func runBenchT(t *testing.T, cfg bench.Config) *bench.Result {
+	t.Helper()
+	res, err := bench.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	if err := res.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+	if res.TimedOut {
+		t.Fatalf("timed out: %v", res.Notes)
+	}
+	return res
+}
+
+func TestBenchIdle(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	res := runBenchT(t, benchConfig(t, h, bench.Idle, 500))
+	if c := res.Connect; c.Upgraded != 500 || c.GaveUp != 0 || len(c.Failures) != 0 {
+		t.Fatalf("connect: %+v", c)
+	}
+	if res.Connect.PerSecond <= 0 {
+		t.Errorf("no connect rate: %+v", res.Connect)
+	}
+	m := res.Server.Memory
+	if m == nil || m.Before <= 0 || m.After <= 0 || m.Conns != 500 {
+		t.Fatalf("server memory: %+v", m)
+	}
+	if cpu := res.Server.CPU; cpu == nil || cpu.Unit != "connection" || cpu.Count != 500 {
+		t.Fatalf("server cpu: %+v", cpu)
+	}
+	if len(res.ClosedByServer) != 0 {
+		t.Errorf("server closed connections: %v", res.ClosedByServer)
+	}
+}
+
+func TestBenchFanout(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	nc := publisher(t, h)
+	cfg := benchConfig(t, h, bench.Fanout, 1000)
+	cfg.Channels = 10
+	cfg.Messages = 200
+	cfg.Duration = 20 * time.Second
+	cfg.Publish = nc.Publish
+	cfg.Flush = nc.Flush
+	res := runBenchT(t, cfg)
+	f := res.Fanout
+	const want = 200 / 10 * 1000 // each channel gets 20 messages and has 100 sockets
+	if f.Published != 200 || f.Expected != want || f.Delivered != want || f.DeliveredPct != 100 {
+		t.Fatalf("published %d, expected %d, delivered %d (%.2f%%), want %d", f.Published, f.Expected, f.Delivered, f.DeliveredPct, want)
+	}
+	if f.Missing+f.Duplicated+f.OutOfOrder != 0 {
+		t.Fatalf("missing %d, duplicated %d, out of order %d", f.Missing, f.Duplicated, f.OutOfOrder)
+	}
+	if f.Latency.Count != want || f.Latency.P50 <= 0 || f.Latency.Max < f.Latency.P99 {
+		t.Fatalf("latency: %+v", f.Latency)
+	}
+	if f.PerSecond <= 0 || res.Server.CPU == nil || res.Server.CPU.Count != want {
+		t.Fatalf("throughput %v, cpu %+v", f.PerSecond, res.Server.CPU)
+	}
+	if res.OtherMessages != 0 {
+		t.Errorf("%d messages that were not bench payloads", res.OtherMessages)
+	}
+}
+
+// Paced publishing, one hot channel, and bare payloads instead of the
+// JSON envelope.
+func TestBenchFanoutHotRawPaced(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	nc := publisher(t, h)
+	cfg := benchConfig(t, h, bench.Fanout, 300)
+	cfg.Channels = 3
+	cfg.Hot = true
+	cfg.Raw = true
+	cfg.Messages = 30
+	cfg.Rate = 100
+	cfg.Duration = 10 * time.Second
+	cfg.Publish = nc.Publish
+	cfg.Flush = nc.Flush
+	res := runBenchT(t, cfg)
+	f := res.Fanout
+	// 150 sockets on channel 0, 75 on each other; 10 messages per channel.
+	if f.Expected != 3000 || f.Delivered != 3000 || f.Missing+f.Duplicated+f.OutOfOrder != 0 {
+		t.Fatalf("%+v", f)
+	}
+	if f.PublishSeconds < 0.25 {
+		t.Errorf("30 messages at 100/s took %.3f s", f.PublishSeconds)
+	}
+}
+
+func TestBenchStorm(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	res := runBenchT(t, benchConfig(t, h, bench.Storm, 500))
+	s := res.Storm
+	if s == nil || !s.Complete || s.Dropped != 500 || s.Reconnected != 500 || s.Seconds <= 0 {
+		t.Fatalf("storm: %+v", s)
+	}
+	if res.Server.CPU == nil || res.Server.CPU.Unit != "reconnect" {
+		t.Fatalf("server cpu: %+v", res.Server.CPU)
+	}
+}
+
+// A server at its connection cap answers 503 with Retry-After: the bench
+// counts the refusals, keeps retrying, and stops at --timeout with what it
+// measured.
+func TestBenchRefusalsAndTimeout(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{Engine: engine.Config{MaxConns: 200}})
+	cfg := benchConfig(t, h, bench.Idle, 250)
+	cfg.Timeout = 3 * time.Second
+	start := time.Now()
+	res, err := bench.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("a 3 s run took %v", took)
+	}
+	if !res.TimedOut || res.Connect.Upgraded != 200 || res.Connect.Failures["http 503"] == 0 {
+		t.Fatalf("timed out %v, connect %+v", res.TimedOut, res.Connect)
+	}
+}
+
+// A refusal no retry can fix ends the connect phase at once.
+func TestBenchGivesUpOnNotFound(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	cfg := benchConfig(t, h, bench.Idle, 50)
+	cfg.URL = "ws://" + h.srv.Addr() + "/nowhere"
+	cfg.Duration = time.Millisecond
+	res := runBenchT(t, cfg)
+	if c := res.Connect; c.Upgraded != 0 || c.GaveUp != 50 || c.Failures["http 404"] != 50 {
+		t.Fatalf("connect: %+v", c)
+	}
+}
+
+// The command line, with the connections in two child processes dialing
+// from two loopback addresses, and the JSON report.
+func TestBenchCommandTwoProcesses(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	out := filepath.Join(t.TempDir(), "fanout.json")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"bench", "fanout",
+		"--url", "ws://" + h.srv.Addr() + "/ws",
+		"--nats", h.broker.ClientURL(),
+		"--conns", "600", "--channels", "4", "--messages", "40", "--size", "100",
+		"--procs", "2", "--loops", "1", "--dialers", "8",
+		"--server-pid", strconv.Itoa(os.Getpid()),
+		"--timeout", "60s", "--json", out,
+	}, &stdout, &stderr)
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bench.Result
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Procs != 2 || len(res.SourceIPs) != 2 || res.Connect.Upgraded != 600 {
+		t.Fatalf("procs %d, sources %v, upgraded %d", res.Procs, res.SourceIPs, res.Connect.Upgraded)
+	}
+	f := res.Fanout
+	const want = 40 / 4 * 600
+	if f == nil || f.Expected != want || f.Delivered != want || f.Missing+f.Duplicated+f.OutOfOrder != 0 || f.Latency.Count != want {
+		t.Fatalf("fanout: %+v", f)
+	}
+	if res.BenchCPUSeconds <= 0 {
+		t.Errorf("bench cpu %v", res.BenchCPUSeconds)
+	}
+	for _, want := range []string{"delivered", "6000/6000", "latency", "server CPU"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+}
+
+func TestBenchHelpAndUsage(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"bench", "--help"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	help := stderr.String()
+	for _, want := range []string{
+		"idle", "fanout", "storm",
+		"-url", "-conns", "-channels", "-hot", "-raw", "-messages", "-size", "-rate", "-nats",
+		"-server-pid", "-metrics", "-procs", "-source-ips", "-loops", "-dialers", "-json",
+		"-duration", "-timeout", "-handshake-timeout", "-quiet",
+	} {
+		if !strings.Contains(help, want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+	for _, args := range [][]string{
+		{"bench"},
+		{"bench", "flood"},
+		{"bench", "idle", "extra"},
+		{"bench", "idle", "--conns", "x"},
+	} {
+		stderr.Reset()
+		if code := run(args, &stdout, &stderr); code != 2 {
+			t.Errorf("%q: exit %d, want 2; stderr %s", args, code, stderr.String())
+		}
+	}
+	var usage bytes.Buffer
+	run([]string{"--help"}, &usage, &usage)
+	if !strings.Contains(usage.String(), "bench") {
+		t.Errorf("herald --help does not list bench:\n%s", usage.String())
+	}
+}
