@@ -129,3 +129,15 @@ func TestScaleOut(t *testing.T) {
 	rec1.expectNone(t, 100*time.Millisecond)
 	rec2.expectNone(t, 10*time.Millisecond)
 }
+
+// A URL Start cannot even parse is an error, and the error does not repeat
+// the password that Go's url.Error would carry.
+func TestStartErrorHidesPassword(t *testing.T) {
+	_, err := Start(Config{URL: "nats://herald:s3cret@bad host:4222", Handler: func(string, string, []byte) {}})
+	if err == nil {
+		t.Fatal("Start with an unparsable URL succeeded")
+	}
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("the error leaks the password: %v", err)
+	}
+}

@@ -1,10 +1,8 @@
 package pubsub
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,12 +39,7 @@ func PublishOnce(natsURL, subject string, data []byte, timeout time.Duration) er
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
 	)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			// url.Error repeats the URL verbatim, password and all.
-			err = ue.Err
-		}
-		return fmt.Errorf("pubsub: connect to nats %s: %w", logURL, err)
+		return fmt.Errorf("pubsub: connect to nats %s: %w", logURL, withoutURL(err))
 	}
 	defer nc.Close()
 	if err := nc.Publish(subject, data); err != nil {

@@ -226,7 +226,7 @@ func Start(cfg Config) (*Broker, error) {
 		if err != nil {
 			// Only configuration errors get here (bad URL, bad options):
 			// unreachable servers are retried in the background.
-			return nil, fmt.Errorf("pubsub: connect to nats %s: %w", b.logURL, err)
+			return nil, fmt.Errorf("pubsub: connect to nats %s: %w", b.logURL, withoutURL(err))
 		}
 		b.nc = nc
 		if nc.IsConnected() {
@@ -260,6 +260,17 @@ func reconnectDelay(base time.Duration, attempt int) time.Duration {
 	d = min(d, limit)
 	half := d / 2
 	return half + rand.N(d-half+1)
+}
+
+// withoutURL drops the *url.Error wrapper from a connect error: it repeats
+// the URL verbatim, password and all, and callers name the redacted URL
+// themselves.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // redactURLs returns a comma-separated URL list with passwords replaced, for
