@@ -58,6 +58,7 @@ type hub struct {
 type channel struct {
 	loops uint64       // bit i set: loop i has subscribers (guarded by hub.mu)
 	raw   atomic.Int32 // subscribers that want the bare payload, over all loops
+	since uint32       // Server.clock when the process subscribed; set once
 }
 
 // delivery is one message on its way to the loops: encoded once per
@@ -70,6 +71,7 @@ type delivery struct {
 	raw     *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
 	jsonAt  int                        // where the frame starts in json.B
 	arrived time.Time                  // when the bus handed it over
+	at      uint32                     // the same, on Server.clock
 	refs    atomic.Int32
 }
 
@@ -81,7 +83,7 @@ func newHub(bus Channels) *hub {
 
 // join records that loop index has gained its first subscriber to pattern,
 // subscribing the process to it if no loop had one.
-func (h *hub) join(pattern string, loop int) (*channel, error) {
+func (h *hub) join(pattern string, loop int, now uint32) (*channel, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ch := h.channels[pattern]
@@ -89,7 +91,7 @@ func (h *hub) join(pattern string, loop int) (*channel, error) {
 		if err := h.bus.Acquire(pattern); err != nil {
 			return nil, err
 		}
-		ch = new(channel)
+		ch = &channel{since: now}
 		h.channels[pattern] = ch
 	}
 	ch.loops |= 1 << loop
@@ -130,7 +132,7 @@ func (s *Server) Deliver(pattern, subject string, data []byte) {
 		return
 	}
 	d := h.free.Get().(*delivery)
-	d.pattern, d.subject, d.arrived = pattern, subject, time.Now()
+	d.pattern, d.subject, d.arrived, d.at = pattern, subject, time.Now(), s.clock()
 	d.json = bytebufferpool.Get()
 	d.json.B, d.jsonAt = appendEnvelopeFrame(d.json.B[:0], subject, data)
 	if ch.raw.Load() > 0 {
@@ -256,6 +258,7 @@ type topic struct {
 type sub struct {
 	topic *topic
 	pos   int32
+	since uint32 // Server.clock when the connection subscribed
 }
 
 // group is the part of a flushed batch that went to one topic.
@@ -278,7 +281,7 @@ func (l *loop) enqueue(d *delivery) {
 			l.inboxMu.Lock()
 			l.flushPending = false
 			batch := l.inbox
-			l.inbox = l.inbox[:0]
+			l.inbox = nil // other goroutines may append as soon as the lock is free
 			l.inboxMu.Unlock()
 			for _, d := range batch {
 				l.release(d)
@@ -333,25 +336,27 @@ func (l *loop) flush(context.Context) error {
 
 // deliverGroup writes a run of deliveries on one topic to its members.
 func (l *loop) deliverGroup(t *topic, ds []*delivery) {
+	// A delivery has a raw frame only if some subscriber wanted one when it
+	// was encoded; raw subscribers get those, which are all the messages
+	// published after they joined.
 	var jsonFrames, rawFrames []byte
+	rawCount := 0
 	if len(ds) == 1 {
 		jsonFrames = ds[0].frame(false)
 		if ds[0].raw != nil {
-			rawFrames = ds[0].frame(true)
+			rawFrames, rawCount = ds[0].frame(true), 1
 		}
 	} else {
-		l.joined = l.joined[:0]
+		l.joined, l.joinedRaw = l.joined[:0], l.joinedRaw[:0]
 		for _, d := range ds {
 			l.joined = append(l.joined, d.frame(false)...)
+			if d.raw != nil {
+				l.joinedRaw = append(l.joinedRaw, d.frame(true)...)
+				rawCount++
+			}
 		}
 		jsonFrames = l.joined
-		if ds[0].raw != nil {
-			l.joinedRaw = l.joinedRaw[:0]
-			for _, d := range ds {
-				if d.raw != nil {
-					l.joinedRaw = append(l.joinedRaw, d.frame(true)...)
-				}
-			}
+		if rawCount > 0 {
 			rawFrames = l.joinedRaw
 		}
 	}
@@ -371,13 +376,11 @@ func (l *loop) deliverGroup(t *topic, ds []*delivery) {
 		case c.subs.len() > 1:
 			n, b := c.writeFiltered(t.pattern, ds, raw)
 			written, bytes = written+n, bytes+b
-		case raw && rawFrames == nil:
-			// It subscribed after these messages were encoded without a
-			// raw frame: they were published before it joined.
+		case raw && rawCount == 0:
 			continue
 		case raw:
 			c.write(rawFrames)
-			written += uint64(len(ds))
+			written += uint64(rawCount)
 			bytes += uint64(len(rawFrames))
 		default:
 			c.write(jsonFrames)
@@ -394,9 +397,10 @@ func (l *loop) deliverGroup(t *topic, ds []*delivery) {
 
 // writeFiltered writes to a connection with several subscriptions the
 // deliveries it should take through pattern: those whose subject none of
-// its patterns that sort before pattern also match. Every pattern that
-// matches a subject receives the message from the bus, so exactly one of
-// them, the least, lets it through.
+// its settled patterns that sort before pattern also match. Every pattern
+// that matches a subject receives the message from the bus, so exactly one
+// of them, the least, lets it through; a pattern added in the last
+// OverlapSettle is not yet trusted to.
 func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) (n, bytes uint64) {
 	matches := c.loop.s.hub.bus.Matches
 	for _, d := range ds {
@@ -405,7 +409,8 @@ func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) (n, bytes
 		}
 		owner := true
 		for i := range c.subs.len() {
-			if p := c.subs.at(i).topic.pattern; p < pattern && matches(p, d.subject) {
+			s := c.subs.at(i)
+			if p := s.topic.pattern; p < pattern && matches(p, d.subject) && s.settled(d.at) {
 				owner = false
 				break
 			}
@@ -416,6 +421,23 @@ func (c *conn) writeFiltered(pattern string, ds []*delivery, raw bool) (n, bytes
 		}
 	}
 	return n, bytes
+}
+
+// OverlapSettle is how long a subscription must have existed, on the
+// connection and at the bus, before the connection's other patterns defer
+// to it. A new bus subscription takes effect only after a round trip, and
+// the two copies of a message that matches two patterns reach the loop a
+// moment apart: deferring at once could lose a message. Within this window
+// after a connection adds a pattern that overlaps another of its patterns,
+// a message matching both may arrive twice; none is lost, and after it
+// each arrives once.
+const OverlapSettle = 500 * time.Millisecond
+
+// settled reports whether, for a message that arrived at Server.clock at,
+// the subscription has existed long enough to be sure its own copy of the
+// message comes (see OverlapSettle).
+func (s *sub) settled(at uint32) bool {
+	return due(at, s.since+millis(OverlapSettle)) && due(at, s.topic.channel.since+millis(OverlapSettle))
 }
 
 // subscribe adds the connection to pattern's topic on its loop. pattern
@@ -431,7 +453,7 @@ func (c *conn) subscribe(pattern string) error {
 	t := l.topics[pattern]
 	if t == nil {
 		pattern = strings.Clone(pattern)
-		ch, err := l.s.hub.join(pattern, l.index)
+		ch, err := l.s.hub.join(pattern, l.index, l.s.clock())
 		if err != nil {
 			return &ChannelError{Code: "unavailable", Message: "cannot subscribe: " + err.Error()}
 		}
@@ -441,7 +463,7 @@ func (c *conn) subscribe(pattern string) error {
 	if c.route == routePushRaw {
 		t.channel.raw.Add(1)
 	}
-	c.subs.add(sub{topic: t, pos: int32(len(t.members))})
+	c.subs.add(sub{topic: t, pos: int32(len(t.members)), since: l.s.clock()})
 	t.members = append(t.members, c)
 	return nil
 }

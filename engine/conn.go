@@ -189,6 +189,9 @@ func (c *conn) readRequest() {
 	for _, err := range refused {
 		c.replyChannelError(nil, err)
 	}
+	if c.state != stateOpen {
+		return // a reply's write failed and gnet closed the socket
+	}
 	_, _ = c.gc.Discard(n)
 	c.readFrames() // frames the client sent right behind its request
 }
@@ -232,6 +235,7 @@ func (c *conn) readFrames() {
 			if c.state != stateClosed {
 				_, _ = c.gc.Discard(int(total))
 			}
+			c.checkOutbound()
 			continue
 		}
 		dec := &c.loop.decoder
@@ -262,6 +266,7 @@ func (c *conn) readFrames() {
 			if c.state != stateClosed {
 				_, _ = c.gc.Discard(int(total))
 			}
+			c.checkOutbound()
 			continue
 		}
 		if rd == nil {
@@ -277,7 +282,7 @@ func (c *conn) readFrames() {
 // readPayload moves the buffered part of the current frame's payload into
 // the message buffer, unmasking and validating it on the way, and delivers
 // the message when its last byte is in. It reports false when nothing was
-// buffered.
+// buffered or the connection is no longer open.
 func (c *conn) readPayload(rd *reader) bool {
 	n := c.gc.InboundBuffered()
 	if n == 0 {
@@ -304,7 +309,7 @@ func (c *conn) readPayload(rd *reader) bool {
 
 // endFrame is called when the current frame's payload is all in. If the
 // frame ends its message, the message is delivered and the reader released.
-// It reports false when the connection is failing.
+// It reports whether the connection is still open.
 func (c *conn) endFrame(rd *reader) bool {
 	op, err := rd.dec.End()
 	if err != nil {
@@ -318,8 +323,26 @@ func (c *conn) endFrame(rd *reader) bool {
 		}
 		c.message(op, payload)
 		c.releaseReader()
+		c.checkOutbound()
 	}
-	return true
+	return c.state == stateOpen
+}
+
+// checkOutbound cuts a client that keeps sending pings or commands but does
+// not read the answers: like a subscriber that falls behind, it would grow
+// the server's memory without bound. An echo may hold one whole message
+// on top of the cap.
+func (c *conn) checkOutbound() {
+	if c.state != stateOpen {
+		return
+	}
+	limit := c.loop.s.cfg.MaxOutbound
+	if c.route == routeEcho {
+		limit += int(c.loop.s.cfg.MaxMessageSize)
+	}
+	if c.gc.OutboundBuffered() > limit {
+		c.cutSlowConsumer()
+	}
 }
 
 // reader returns the connection's half-received message, or nil.

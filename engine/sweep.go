@@ -156,8 +156,9 @@ func (l *loop) drainStep(now int64) {
 // Drain stops taking new WebSocket connections (upgrades are answered 503
 // with Retry-After) and closes the open ones with 1001 "going away",
 // spread evenly over spread, so that clients do not all come back in the
-// same second. It returns once no WebSocket connection is left open, or
-// with ctx's error.
+// same second. It returns once every connection has closed, or CloseTimeout
+// after the last close frame went out (a client that never hangs up is
+// left for Stop), or with ctx's error.
 func (s *Server) Drain(ctx context.Context, spread time.Duration) error {
 	s.drainSpread.Store(int64(spread))
 	s.drainStart.Store(time.Now().UnixNano())
@@ -169,6 +170,19 @@ func (s *Server) Drain(ctx context.Context, spread time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	// The last closes were only just sent: give those clients the time
+	// every other one had to answer and hang up.
+	grace := time.NewTimer(s.cfg.CloseTimeout)
+	defer grace.Stop()
+	for s.Stats().Open > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-grace.C:
+			return nil
 		case <-tick.C:
 		}
 	}

@@ -147,6 +147,7 @@ func TestRoutingManyClientsManyChannels(t *testing.T) {
 		conns[i] = dialWS(t, h, s.query)
 	}
 	settle(t, h)
+	time.Sleep(engine.OverlapSettle) // until then overlapping patterns may deliver twice
 
 	nc := publisher(t, h)
 	for seq := range perChannel {
@@ -425,4 +426,118 @@ func mustDial(t testing.TB, addr string) net.Conn {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// A client that keeps sending commands but never reads the answers is cut
+// like a slow subscriber: the answers cannot pile up without bound.
+func TestCommandFloodWithoutReadingIsCut(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{Engine: engine.Config{MaxOutbound: 64 << 10}})
+	c := mustDial(t, h.srv.Addr())
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Each ping carries a 16 KiB id, echoed in its pong.
+	cmd := []byte(`{"op":"ping","id":"` + strings.Repeat("p", 16<<10) + `"}`)
+	frame := append([]byte{0x81, 0xFF}, 0, 0, 0, 0, 0, 0, byte(len(cmd)>>8), byte(len(cmd)))
+	frame = append(frame, 0, 0, 0, 0) // a zero mask leaves the payload as it is
+	frame = append(frame, cmd...)
+	deadline := time.Now().Add(20 * time.Second)
+	for sent := 0; h.srv.Stats().SlowConsumers == 0; sent += len(frame) {
+		if time.Now().After(deadline) || sent > 1<<30 {
+			t.Fatalf("still not cut after %d MiB of unanswered pings", sent>>20)
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(frame); err != nil {
+			break // the server closed on us: the cut happened
+		}
+	}
+	waitFor(t, 10*time.Second, "the flooding client to be cut", func() bool { return h.srv.Stats().SlowConsumers == 1 })
+}
+
+// A subscription the bus refuses (here: NATS is gone) is answered in band
+// after a successful upgrade, and the connection stays usable.
+func TestRefusedQuerySubscriptionAnsweredInBand(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	h.broker.Close()
+	conn := dialWS(t, h, "channel=refused.here")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, msg, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply map[string]any
+	if err := json.Unmarshal(msg, &reply); err != nil || reply["op"] != "error" || reply["code"] != "unavailable" {
+		t.Fatalf("got %q, want an unavailable error", msg)
+	}
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"op":"ping"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := conn.ReadMessage(); err != nil || !strings.Contains(string(msg), `"pong"`) {
+		t.Fatalf("after the refusal: %q %v", msg, err)
+	}
+}
+
+// Adding a pattern that overlaps one already followed loses nothing while
+// the new subscription takes effect, and once it has settled each message
+// arrives once.
+func TestOverlappingSubscriptionAddedMidStream(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{Wildcards: true})
+	conn := dialWS(t, h, "channel=overlap.b")
+	settle(t, h)
+	nc := publisher(t, h)
+
+	// The publisher notes when each message went out. It publishes as fast
+	// as it can around the subscription, where a loss would hide.
+	const total = 20000
+	var sentAt [total]time.Time // read once done is closed
+	var progress atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for seq := range total {
+			sentAt[seq] = time.Now()
+			progress.Add(1)
+			_ = nc.Publish("overlap.b", fmt.Appendf(nil, `{"seq":%d}`, seq))
+			if seq%100 == 0 {
+				_ = nc.Flush() // keep the publisher at the pace Herald delivers
+			}
+		}
+		_ = nc.Flush()
+	}()
+	for progress.Load() < total/4 {
+		time.Sleep(time.Millisecond)
+	}
+	// overlap.* sorts before overlap.b, so it becomes the owner once settled.
+	addedAt := time.Now()
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"op":"subscribe","channel":"overlap.*"}`)); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+
+	var counts [total]int
+	for {
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		_, msg, err := conn.ReadMessage()
+		if err != nil {
+			break
+		}
+		var e struct{ Data struct{ Seq *int } }
+		if json.Unmarshal(msg, &e) != nil || e.Data.Seq == nil {
+			continue // the ack
+		}
+		counts[*e.Data.Seq]++
+	}
+	twice := 0
+	for seq, n := range counts {
+		switch {
+		case n == 0:
+			t.Fatalf("message %d of %d lost", seq, total)
+		case n > 1 && sentAt[seq].Sub(addedAt) > engine.OverlapSettle+200*time.Millisecond:
+			t.Fatalf("message %d arrived %d times, published %v after the overlapping subscription", seq, n, sentAt[seq].Sub(addedAt))
+		case n > 1:
+			twice++
+		}
+	}
+	t.Logf("%d of %d messages arrived twice, all published within %v of the new subscription", twice, total, engine.OverlapSettle)
 }
