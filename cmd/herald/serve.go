@@ -30,8 +30,9 @@ wildcards prices.* and game.> allowed). They can also subscribe in band with
 {"op":"subscribe","channel":"NAME","id":"1"}. By default an embedded NATS
 server listens on --nats-listen, so any NATS client can publish:
 nats pub prices.AAPL '{"px":187.2}'  or  herald pub prices.AAPL '{"px":187.2}'.
-Plain HTTP on the same port: GET /healthz (alive), GET /readyz (NATS
-connected and not draining) and GET /metrics (Prometheus).
+Plain HTTP on the same port: GET / (the live demo page, see herald demo;
+--no-demo turns it off), GET /healthz (alive), GET /readyz (NATS connected
+and not draining) and GET /metrics (Prometheus).
 
 SIGTERM or SIGINT drains: new connections are refused, open ones are closed
 with 1001 "going away" spread over --drain-timeout, then Herald exits 0. A
