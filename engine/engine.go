@@ -76,6 +76,11 @@ type Config struct {
 	// storm is turned away cheaply with 503 and Retry-After instead of
 	// starving connected clients. 0 means no limit.
 	MaxAcceptRate int
+	// CheckOrigin reports whether a browser page from origin may open a
+	// WebSocket; refused upgrades are answered 403. nil allows every origin.
+	// Requests without an Origin header (non-browser clients) are not
+	// checked.
+	CheckOrigin func(origin []byte) bool
 	// HTTP answers plain HTTP GET requests on the same port, by exact path:
 	// the demo page, /metrics, /readyz. /healthz is built in.
 	HTTP map[string]HTTPHandler
@@ -210,6 +215,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.sweepPeriod = min(cfg.PingInterval, cfg.PongTimeout) / 4
 	s.sweepEvery = min(maxSweepInterval, cfg.HandshakeTimeout/4, cfg.CloseTimeout/4, s.sweepPeriod)
+	s.upgrader.CheckOrigin = cfg.CheckOrigin
 	s.readers.New = func() any { return new(reader) }
 	if cfg.Channels != nil {
 		s.hub = newHub(cfg.Channels)

@@ -54,6 +54,8 @@ second signal exits at once.`, stderr)
 	pongTimeout := fs.Duration("pong-timeout", 10*time.Second, "close a pinged connection that sends nothing within this time")
 	maxConns := fs.Int("max-conns", 0, "most open WebSocket connections; past it upgrades are answered 503 with Retry-After (default: the open-file limit less 64)")
 	maxAcceptRate := fs.Int("max-accept-rate", 20000, "most WebSocket upgrades per second, so a reconnect storm is turned away with 503 and Retry-After; 0 means no limit")
+	var origins originList
+	fs.Var(&origins, "allowed-origins", "comma-separated browser `origins` whose pages may connect, e.g. https://app.example.com,https://*.example.com; others get 403 (default: any origin; requests without an Origin header are always allowed)")
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
@@ -82,6 +84,7 @@ second signal exits at once.`, stderr)
 			PongTimeout:      *pongTimeout,
 			MaxConns:         *maxConns,
 			MaxAcceptRate:    *maxAcceptRate,
+			CheckOrigin:      origins.check(),
 			Echo:             *echo,
 			MaxChannels:      *maxChannels,
 			MaxOutbound:      int(*maxOutbound),
