@@ -576,6 +576,14 @@ func (l *subList) remove(i int) {
 func (c *conn) cutSlowConsumer() {
 	l := c.loop
 	l.stats.slowConsumers.Add(1)
-	l.s.log.Warn("closing slow consumer", "remote", c.gc.RemoteAddr(), "outbound", c.gc.OutboundBuffered(), "cap", l.s.cfg.MaxOutbound)
+	// A network event can cut thousands at once: one line a second per
+	// loop, saying how many it stands for (the metric counts them all).
+	if now := l.s.clock(); l.slowLogged == 0 || due(now, l.slowLogged+1000) {
+		l.s.log.Warn("closing slow consumer", "remote", c.gc.RemoteAddr(), "outbound", c.gc.OutboundBuffered(),
+			"cap", l.s.cfg.MaxOutbound, "others_since_last_line", l.slowUnlogged)
+		l.slowLogged, l.slowUnlogged = max(now, 1), 0
+	} else {
+		l.slowUnlogged++
+	}
 	c.close(ws.StatusPolicyViolation, "slow consumer: outbound buffer over the cap")
 }

@@ -28,6 +28,10 @@ type loop struct {
 	cursor  int
 	drain   drainState
 
+	// Slow-consumer log lines are limited to one a second.
+	slowLogged   uint32 // Server.clock of the last line; 0 for none yet
+	slowUnlogged int    // cuts since then without a line
+
 	// The loop's share of MaxAcceptRate, as a token bucket.
 	tokens   float64
 	tokensAt int64
