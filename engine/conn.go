@@ -160,7 +160,7 @@ func (c *conn) readRequest() {
 			route = routePushRaw
 		}
 	}
-	out := response()
+	out := bytebufferpool.Get()
 	defer bytebufferpool.Put(out)
 	var err error
 	if out.B, err = s.upgrader.Upgrade(out.B, req); err != nil {
@@ -507,8 +507,15 @@ func (c *conn) answer(err error) {
 	if !errors.As(err, &he) {
 		he = &codec.HTTPError{Status: 400, Reason: err.Error()}
 	}
-	out := response()
+	out := bytebufferpool.Get()
 	out.B = he.AppendTo(out.B)
+	c.finish(out)
+}
+
+// finish sends a final HTTP answer from a pooled buffer and closes. gnet
+// copies whatever it cannot send at once, so the buffer goes back to the
+// pool right after the write.
+func (c *conn) finish(out *bytebufferpool.ByteBuffer) {
 	ok := c.write(out.B)
 	bytebufferpool.Put(out)
 	if ok {

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
-	"github.com/valyala/bytebufferpool"
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-ws/herald/codec"
@@ -378,11 +377,6 @@ func (s *Server) sweepLoops() {
 		}
 	}
 }
-
-// response returns a pooled buffer for an HTTP answer. gnet copies whatever
-// it cannot send at once, so the buffer goes back to the pool right after
-// the write.
-func response() *bytebufferpool.ByteBuffer { return bytebufferpool.Get() }
 
 // gnetLogger sends gnet's own logs to slog.
 type gnetLogger struct{ log *slog.Logger }

@@ -36,7 +36,7 @@ func (c *conn) serveHTTP(req *codec.Request) {
 		c.respond(200, "text/plain; charset=utf-8", []byte("ok\n"))
 		return
 	}
-	body := response()
+	body := bytebufferpool.Get()
 	defer bytebufferpool.Put(body)
 	var status int
 	var contentType string
@@ -46,11 +46,7 @@ func (c *conn) serveHTTP(req *codec.Request) {
 
 // respond sends a complete HTTP answer and closes.
 func (c *conn) respond(status int, contentType string, body []byte) {
-	out := response()
+	out := bytebufferpool.Get()
 	out.B = codec.AppendResponse(out.B, status, contentType, "", body)
-	ok := c.write(out.B)
-	bytebufferpool.Put(out)
-	if ok {
-		c.linger()
-	}
+	c.finish(out)
 }
