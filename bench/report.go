@@ -76,6 +76,13 @@ type MemoryResult struct {
 	After   int64   `json:"rss_after_bytes"`
 	Conns   int64   `json:"conns"`
 	PerConn float64 `json:"rss_per_conn_bytes"`
+	// The kernel's share, when the server runs on this host: how much its
+	// slab memory grew, over both ends of each connection, since both are
+	// sockets here. Host-wide, so anything else the kernel allocated in
+	// the meantime counts too: an upper bound on a quiet machine.
+	KernelSlabDelta     int64   `json:"kernel_slab_delta_bytes,omitempty"`
+	KernelSockets       int64   `json:"kernel_sockets,omitempty"`
+	KernelSlabPerSocket float64 `json:"kernel_slab_per_socket_bytes,omitempty"`
 }
 
 // CPUResult is the server's user and system time over the measured phase
@@ -153,6 +160,10 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if m := r.Server.Memory; m != nil {
 		row("server RSS", "%s before, %s after with %d conns: %s per connection",
 			bytesIEC(m.Before), bytesIEC(m.After), m.Conns, bytesPlain(m.PerConn))
+		if m.KernelSockets > 0 {
+			row("kernel slab", "%s more on this host for %d sockets (both ends of each connection): %s per socket",
+				bytesIEC(m.KernelSlabDelta), m.KernelSockets, bytesPlain(m.KernelSlabPerSocket))
+		}
 	} else if r.Scenario == Idle {
 		row("server RSS", "n/a (no --server-pid and no /metrics)")
 	}

@@ -549,12 +549,18 @@ func (r *runner) idle(ctx context.Context, before serverSample, haveBefore bool)
 		r.res.Server.CPU = cpuResult(connected.CPU-before.CPU, uint64(ever), "connection")
 	}
 	if haveBefore && haveAfter && up > 0 {
-		r.res.Server.Memory = &MemoryResult{
+		m := &MemoryResult{
 			Before:  before.RSS,
 			After:   after.RSS,
 			Conns:   up,
 			PerConn: float64(after.RSS-before.RSS) / float64(up),
 		}
+		if before.HaveSlab && after.HaveSlab {
+			m.KernelSlabDelta = after.Slab - before.Slab
+			m.KernelSockets = 2 * up
+			m.KernelSlabPerSocket = float64(m.KernelSlabDelta) / float64(m.KernelSockets)
+		}
+		r.res.Server.Memory = m
 	}
 	return err
 }

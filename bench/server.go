@@ -19,6 +19,10 @@ import (
 type serverSample struct {
 	RSS int64         // bytes
 	CPU time.Duration // user + system
+	// Slab is the kernel's slab memory on this host, where socket
+	// structures live; read only when the server runs here too.
+	Slab     int64
+	HaveSlab bool
 }
 
 // serverProbe reads the server's resource use, from /proc when the bench
@@ -53,27 +57,39 @@ func (p procProbe) sample(context.Context) (serverSample, error) {
 	if s.CPU, err = parseStatCPU(stat); err != nil {
 		return s, fmt.Errorf("server cpu: /proc/%d/stat: %w", p.pid, err)
 	}
+	meminfo, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return s, fmt.Errorf("kernel memory: %w", err)
+	}
+	if s.Slab, err = parseMeminfo(meminfo, "Slab:"); err != nil {
+		return s, fmt.Errorf("kernel memory: /proc/meminfo: %w", err)
+	}
+	s.HaveSlab = true
 	return s, nil
 }
 
 // parseVmRSS returns the VmRSS line of /proc/PID/status in bytes.
-func parseVmRSS(status []byte) (int64, error) {
-	for line := range bytes.Lines(status) {
-		rest, ok := bytes.CutPrefix(line, []byte("VmRSS:"))
+func parseVmRSS(status []byte) (int64, error) { return parseMeminfo(status, "VmRSS:") }
+
+// parseMeminfo returns the line of /proc/meminfo or /proc/PID/status that
+// starts with key, a size in kB, in bytes.
+func parseMeminfo(text []byte, key string) (int64, error) {
+	for line := range bytes.Lines(text) {
+		rest, ok := bytes.CutPrefix(line, []byte(key))
 		if !ok {
 			continue
 		}
 		f := strings.Fields(string(rest))
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("unexpected VmRSS line %q", line)
+			return 0, fmt.Errorf("unexpected %s line %q", key, line)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("VmRSS: %w", err)
+			return 0, fmt.Errorf("%s %w", key, err)
 		}
 		return kb << 10, nil
 	}
-	return 0, errors.New("no VmRSS line")
+	return 0, fmt.Errorf("no %s line", key)
 }
 
 // parseStatCPU returns utime + stime from /proc/PID/stat. The command

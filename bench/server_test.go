@@ -27,6 +27,13 @@ func TestParseProc(t *testing.T) {
 	if _, err := parseVmRSS([]byte("Name:\tx\n")); err == nil {
 		t.Fatal("missing VmRSS accepted")
 	}
+	slab, err := parseMeminfo([]byte("MemTotal:       24609124 kB\nSlab:             160000 kB\nSReclaimable:     129180 kB\n"), "Slab:")
+	if err != nil || slab != 160000<<10 {
+		t.Fatalf("%d %v", slab, err)
+	}
+	if _, err := parseMeminfo([]byte("Slab: 12 pages\n"), "Slab:"); err == nil {
+		t.Fatal("a size not in kB accepted")
+	}
 }
 
 func TestProcProbeSelf(t *testing.T) {
@@ -34,7 +41,7 @@ func TestProcProbeSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.RSS < 1<<20 || s.CPU < 0 {
+	if s.RSS < 1<<20 || s.CPU < 0 || !s.HaveSlab || s.Slab <= 0 {
 		t.Fatalf("%+v", s)
 	}
 }

@@ -67,7 +67,7 @@ func TestBenchIdle(t *testing.T) {
 		t.Errorf("no connect rate: %+v", res.Connect)
 	}
 	m := res.Server.Memory
-	if m == nil || m.Before <= 0 || m.After <= 0 || m.Conns != 500 {
+	if m == nil || m.Before <= 0 || m.After <= 0 || m.Conns != 500 || m.KernelSockets != 1000 {
 		t.Fatalf("server memory: %+v", m)
 	}
 	if cpu := res.Server.CPU; cpu == nil || cpu.Unit != "connection" || cpu.Count != 500 {
