@@ -3,7 +3,8 @@
 // them and reports what the server did.
 //
 //   - idle holds N upgraded connections and measures the server's resident
-//     memory per connection, the connect rate and the handshake failures.
+//     memory per connection (and the kernel's per socket, when the server
+//     runs on this host), the connect rate and the handshake failures.
 //   - fanout spreads N connections over K channels, publishes M messages
 //     through NATS and measures deliveries per second, delivered,
 //     missing, duplicated and out-of-order messages, publish-to-receive

@@ -26,7 +26,10 @@ Scenarios:
   idle     open --conns connections, hold them for --duration, and report the
            connect rate, handshake failures by reason, and the server's
            resident memory per connection (RSS before connecting and after
-           the hold) and CPU time per connection.
+           the hold) and CPU time per connection. The server is first warmed
+           with 2,000 connections, opened and closed, so that one-time costs
+           are not counted per connection. With --server-pid it also reports
+           the kernel's slab memory per socket on this host.
   fanout   open --conns connections spread over --channels channels (--hot:
            half of them on one channel), publish --messages messages of
            --size bytes through NATS at --rate, and report deliveries per
