@@ -67,6 +67,16 @@ type ServerResult struct {
 	Source string        `json:"source,omitempty"`
 	Memory *MemoryResult `json:"memory,omitempty"`
 	CPU    *CPUResult    `json:"cpu,omitempty"`
+	// Goroutines before connecting and at the end of the idle hold, from
+	// the server's /metrics: a server without a goroutine per connection
+	// keeps the count flat.
+	Goroutines *GoroutineResult `json:"goroutines,omitempty"`
+}
+
+// GoroutineResult is the server's goroutine count around the idle hold.
+type GoroutineResult struct {
+	Before int64 `json:"before"`
+	After  int64 `json:"after"`
 }
 
 // MemoryResult is the server's resident memory before connecting and at
@@ -166,6 +176,9 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 	} else if r.Scenario == Idle {
 		row("server RSS", "n/a (no --server-pid and no /metrics)")
+	}
+	if g := r.Server.Goroutines; g != nil {
+		row("server goroutines", "%d before, %d with %d conns", g.Before, g.After, r.Connect.Upgraded)
 	}
 	if f := r.Fanout; f != nil {
 		rate := "as fast as possible"

@@ -79,6 +79,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 	before, haveBefore := r.sample(ctx)
+	if cfg.Scenario == Idle {
+		if g, ok := r.goroutines(ctx); ok {
+			r.res.Server.Goroutines = &GoroutineResult{Before: g}
+		}
+	}
 
 	if err := r.startShards(ctx, deadline); err != nil {
 		r.finishShards()
@@ -118,6 +123,7 @@ type runner struct {
 	prefix  string // channel names are prefix.K
 	planned []int  // connections per channel
 	probe   serverProbe
+	metrics metricsProbe // the server's /metrics, for what /proc lacks
 	shards  []shardHandle
 	res     *Result
 	errs    []error // shards that did not report
@@ -143,16 +149,24 @@ func (r *runner) planChannels() {
 // newProbe picks where server figures come from: /proc with a PID, the
 // server's /metrics otherwise, or nowhere if that does not answer.
 func (r *runner) newProbe() serverProbe {
+	mu := r.cfg.MetricsURL
+	if mu == "" {
+		mu = "http://" + r.target.Host + "/metrics"
+	}
+	r.metrics = metricsProbe{url: mu, client: &http.Client{Timeout: 2 * time.Second}}
 	if r.cfg.ServerPID > 0 {
 		p := procProbe{pid: r.cfg.ServerPID}
 		r.res.Server.Source = p.source()
 		return p
 	}
-	mu := r.cfg.MetricsURL
-	if mu == "" {
-		mu = "http://" + r.target.Host + "/metrics"
-	}
-	return metricsProbe{url: mu, client: &http.Client{Timeout: 2 * time.Second}}
+	return r.metrics
+}
+
+// goroutines reads the server's goroutine count from its /metrics, which
+// /proc cannot tell; false if the server does not publish it.
+func (r *runner) goroutines(ctx context.Context) (int64, bool) {
+	s, err := r.metrics.sample(ctx)
+	return s.Goroutines, err == nil && s.HaveGoroutines
 }
 
 // sample reads the server's figures; failing, it says why once and the
@@ -544,6 +558,12 @@ func (r *runner) idle(ctx context.Context, before serverSample, haveBefore bool)
 	err := sleep(ctx, r.cfg.Duration)
 	after, haveAfter := r.sample(ctx)
 	up := r.total().Up
+	if g := r.res.Server.Goroutines; g != nil {
+		var ok bool
+		if g.After, ok = r.goroutines(ctx); !ok {
+			r.res.Server.Goroutines = nil
+		}
+	}
 	if haveBefore && haveConnected {
 		ever := r.total().EverUp
 		r.res.Server.CPU = cpuResult(connected.CPU-before.CPU, uint64(ever), "connection")

@@ -23,6 +23,9 @@ type serverSample struct {
 	// structures live; read only when the server runs here too.
 	Slab     int64
 	HaveSlab bool
+	// Goroutines is the server's go_goroutines, from /metrics only.
+	Goroutines     int64
+	HaveGoroutines bool
 }
 
 // serverProbe reads the server's resource use, from /proc when the bench
@@ -143,7 +146,8 @@ func (m metricsProbe) sample(ctx context.Context) (serverSample, error) {
 }
 
 // parseProcessMetrics reads process_resident_memory_bytes and
-// process_cpu_seconds_total from a Prometheus text exposition.
+// process_cpu_seconds_total from a Prometheus text exposition, and
+// go_goroutines if it is there.
 func parseProcessMetrics(r io.Reader) (serverSample, error) {
 	var s serverSample
 	var haveRSS, haveCPU bool
@@ -168,6 +172,12 @@ func parseProcessMetrics(r io.Reader) (serverSample, error) {
 				return s, fmt.Errorf("server metrics: %s: %w", name, err)
 			}
 			s.CPU, haveCPU = time.Duration(v*float64(time.Second)), true
+		case "go_goroutines":
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				return s, fmt.Errorf("server metrics: %s: %w", name, err)
+			}
+			s.Goroutines, s.HaveGoroutines = int64(v), true
 		}
 	}
 	if err := sc.Err(); err != nil {

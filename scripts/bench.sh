@@ -82,6 +82,7 @@ verdict() {
 
 rss=$(get idle '.server.memory.rss_per_conn_bytes | floor')
 kernel=$(get idle '.server.memory.kernel_slab_per_socket_bytes | floor')
+goroutines=$(get idle '.server.goroutines | if . == null then null else "\(.before) -> \(.after)" end')
 # Every run starts with a connect phase: show them all, judge the median.
 runs=()
 for name in idle burst steady storm; do [ -f "$out/$name.json" ] && runs+=("$out/$name.json"); done
@@ -105,6 +106,7 @@ printf '| %-55s | %-12s | %-25s | %-4s |\n' "---" "---" "---" "---"
 row() { printf '| %-55s | %-12s | %-25s | %-4s |\n' "$1" "$2" "$3" "$4"; }
 row "idle: server RSS per upgraded connection" "<= 600 B" "$rss B" "$(verdict "$rss" '<=' 600)"
 row "idle: kernel slab per socket (host-wide, both ends)" "" "$kernel B" ""
+row "idle: server goroutines, before -> with the connections" "flat" "$goroutines" ""
 row "connect: $upgraded upgraded (each run; median judged)" "< 2 s" "$connects s" "$(verdict "$connect" '<' 2)"
 row "fanout burst (200 messages): deliveries/s" ">= 500,000" "$burst_rate" "$(verdict "$burst_rate" '>=' 500000)"
 row "fanout burst: delivered" "100%" "$burst_pct%" "$(verdict "$burst_pct" '>=' 100)"

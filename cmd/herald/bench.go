@@ -29,7 +29,8 @@ Scenarios:
            the hold) and CPU time per connection. The server is first warmed
            with 2,000 connections, opened and closed, so that one-time costs
            are not counted per connection. With --server-pid it also reports
-           the kernel's slab memory per socket on this host.
+           the kernel's slab memory per socket on this host; from the
+           server's /metrics, its goroutine count before and after.
   fanout   open --conns connections spread over --channels channels (--hot:
            half of them on one channel), publish --messages messages of
            --size bytes through NATS at --rate, and report deliveries per

@@ -73,6 +73,11 @@ func TestBenchIdle(t *testing.T) {
 	if cpu := res.Server.CPU; cpu == nil || cpu.Unit != "connection" || cpu.Count != 500 {
 		t.Fatalf("server cpu: %+v", cpu)
 	}
+	// No goroutine per connection: 500 more connections, a handful more
+	// goroutines at most (this process also runs the bench's own).
+	if g := res.Server.Goroutines; g == nil || g.Before <= 0 || g.After-g.Before > 50 {
+		t.Fatalf("server goroutines: %+v", g)
+	}
 	if len(res.ClosedByServer) != 0 {
 		t.Errorf("server closed connections: %v", res.ClosedByServer)
 	}
