@@ -8,14 +8,19 @@ import (
 )
 
 // aggregate fills the result from the shards' reports. published is the
-// number of measured messages published on each channel.
-func (res *Result) aggregate(shards []*shardResult, published []uint64, publishStart time.Time) error {
+// number of measured messages published on each channel; extra holds
+// latencies the shards already handed over (a sweep's marks), or is nil.
+func (res *Result) aggregate(shards []*shardResult, published []uint64, publishStart time.Time, extra *hdrhistogram.Histogram) error {
 	var errs []error
 	c := &res.Connect
 	c.Failures = map[string]int{}
 	var connectStart, connectEnd, stormStart, stormEnd, lastDelivery int64
 	channels := make([]channelCounts, len(published))
 	hist := newLatencyHistogram()
+	if extra != nil {
+		hist.Merge(extra)
+	}
+	var reads uint64
 	var storm StormResult
 	storm.Refusals = map[string]int{}
 	closed := map[string]int{}
@@ -42,6 +47,7 @@ func (res *Result) aggregate(shards []*shardResult, published []uint64, publishS
 			channels[k].Late += s.Channels[k].Late
 		}
 		res.OtherMessages += s.Other
+		reads += s.Reads
 		if err := mergeLatency(hist, s.Latency); err != nil {
 			errs = append(errs, err)
 		}
@@ -60,11 +66,12 @@ func (res *Result) aggregate(shards []*shardResult, published []uint64, publishS
 		}
 		res.Storm = &storm
 	}
-	if res.Scenario == Fanout {
+	if res.Scenario == Fanout || res.Scenario == Floor {
 		if res.Fanout == nil {
 			res.Fanout = &FanoutResult{}
 		}
 		fanoutTotals(res.Fanout, channels, published, hist)
+		res.Fanout.setReads(reads)
 		if lastDelivery > 0 && !publishStart.IsZero() {
 			if d := time.Duration(lastDelivery - publishStart.UnixNano()); d > 0 {
 				res.Fanout.Seconds = d.Seconds()
@@ -90,6 +97,14 @@ func fanoutTotals(f *FanoutResult, channels []channelCounts, published []uint64,
 	}
 	f.DeliveredPct = percent(f.Delivered, f.Expected)
 	f.Latency = summarizeLatency(hist)
+}
+
+// setReads records how many reads the first deliveries took.
+func (f *FanoutResult) setReads(reads uint64) {
+	f.Reads = reads
+	if reads > 0 {
+		f.PerRead = float64(f.Delivered) / float64(reads)
+	}
 }
 
 func addCounts(into, from map[string]int) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"net/url"
 	"os/exec"
@@ -22,10 +23,14 @@ const (
 	Idle   Scenario = "idle"
 	Fanout Scenario = "fanout"
 	Storm  Scenario = "storm"
+	// Floor measures the loopback write floor: the bench itself listens,
+	// its shards connect to it as readers, and it writes one pre-built
+	// frame to every socket with a bare loop of write(2) calls.
+	Floor Scenario = "floor"
 )
 
 // Scenarios lists every scenario, in the order help text shows them.
-func Scenarios() []Scenario { return []Scenario{Idle, Fanout, Storm} }
+func Scenarios() []Scenario { return []Scenario{Idle, Fanout, Storm, Floor} }
 
 // MaxShardConns is the most connections one process dials. A process may
 // hold about 20,000 open files here; the rest of the budget goes to the
@@ -42,8 +47,20 @@ type Config struct {
 	// Conns is how many connections to open. Default 1,000.
 	Conns int
 	// Channels is how many channels the connections are spread over.
-	// Default 1.
+	// Default 1, or Conns with PerConn.
 	Channels int
+	// PerConn gives every connection a channel of its own (Channels ==
+	// Conns): connection i is on channel i, and fanout's round robin
+	// publishes to each socket in turn, so no two messages share a socket.
+	PerConn bool
+	// Rounds, for fanout and floor, publishes Rounds messages on every
+	// channel, round robin: Messages = Rounds * Channels.
+	Rounds int
+	// Rates turns fanout into an overload sweep: the steady fanout runs
+	// once per rate (messages per second over all channels), each step for
+	// Duration (or Messages, if set, whichever ends first) on the same
+	// connections, and Result.Sweep reports each step. Rate is ignored.
+	Rates []float64
 	// Hot puts half the connections on channel 0 and spreads the rest
 	// over the others, instead of spreading all of them evenly.
 	Hot bool
@@ -62,8 +79,8 @@ type Config struct {
 	// Rate is messages per second over all channels; 0 publishes as fast
 	// as the publisher goes.
 	Rate float64
-	// Duration bounds fanout's publishing and is how long idle holds its
-	// connections. Default 10 s.
+	// Duration bounds fanout's and floor's publishing (each sweep step's,
+	// with Rates) and is how long idle holds its connections. Default 10 s.
 	Duration time.Duration
 	// Timeout bounds the whole run. Default 2 minutes.
 	Timeout time.Duration
@@ -92,15 +109,21 @@ type Config struct {
 	// HandshakeTimeout is how long a connection may wait for its 101
 	// before it is closed and retried. Default 5 s.
 	HandshakeTimeout time.Duration
+	// Listen is where the floor scenario listens for its readers, on
+	// loopback. Default 127.0.0.1:0 (any free port). URL is ignored.
+	Listen string
 
-	// Publish sends data on a NATS subject; fanout needs it.
+	// Publish sends data on a NATS subject; fanout needs it (floor writes
+	// the frames itself).
 	Publish func(subject string, data []byte) error
 	// Flush waits until everything published reached the NATS server; nil
 	// skips it.
 	Flush func() error
 	// ShardCommand returns the command for a child process. The child
 	// must call RunShard when it finds ShardEnv in its environment; bench
-	// sets the variable, the standard input and the standard output.
+	// sets the variable, the standard input and the standard output. The
+	// floor scenario always needs it: its readers must not share the
+	// writer's process.
 	ShardCommand func(ctx context.Context) *exec.Cmd
 
 	// Progress receives a line every second while the run goes; nil
@@ -119,11 +142,15 @@ const (
 	defaultDialers          = 64
 	defaultHandshakeTimeout = 5 * time.Second
 	defaultChannelPrefix    = "bench"
+	defaultListen           = "127.0.0.1:0"
 )
 
 func (c *Config) setDefaults() {
 	if c.Conns == 0 {
 		c.Conns = defaultConns
+	}
+	if c.PerConn && c.Channels == 0 {
+		c.Channels = c.Conns
 	}
 	if c.Channels == 0 {
 		c.Channels = 1
@@ -131,8 +158,17 @@ func (c *Config) setDefaults() {
 	if c.ChannelPrefix == "" {
 		c.ChannelPrefix = defaultChannelPrefix
 	}
-	if c.Messages == 0 && c.Rate == 0 {
+	if c.Rounds > 0 {
+		c.Messages = c.Rounds * c.Channels
+	}
+	if c.Messages == 0 && c.Rate == 0 && len(c.Rates) == 0 {
 		c.Messages = defaultMessages
+	}
+	if c.Listen == "" {
+		c.Listen = defaultListen
+	}
+	if c.Scenario == Floor {
+		c.URL = "ws://" + c.Listen + "/ws" // the listener's, once it listens
 	}
 	if c.Size == 0 {
 		c.Size = defaultSize
@@ -163,9 +199,9 @@ func (c *Config) setDefaults() {
 // check reports what is wrong with a defaulted Config.
 func (c *Config) check() (*url.URL, error) {
 	switch c.Scenario {
-	case Idle, Fanout, Storm:
+	case Idle, Fanout, Storm, Floor:
 	default:
-		return nil, fmt.Errorf("unknown scenario %q: want idle, fanout or storm", c.Scenario)
+		return nil, fmt.Errorf("unknown scenario %q: want idle, fanout, storm or floor", c.Scenario)
 	}
 	u, err := url.Parse(c.URL)
 	if err != nil {
@@ -196,13 +232,40 @@ func (c *Config) check() (*url.URL, error) {
 		return nil, errors.New("more than one process needs a ShardCommand")
 	case c.Loops < 1 || c.Dialers < 1:
 		return nil, errors.New("loops and dialers must be positive")
+	case c.PerConn && c.Channels != c.Conns:
+		return nil, fmt.Errorf("per-connection channels means %d channels, not %d", c.Conns, c.Channels)
+	case c.PerConn && c.Hot:
+		return nil, errors.New("per-connection channels have no hot channel")
+	case c.Rounds < 0:
+		return nil, errors.New("rounds must not be negative")
+	case len(c.Rates) > 0 && c.Scenario != Fanout:
+		return nil, errors.New("a rate sweep is a fanout")
+	case c.Scenario == Floor && c.ShardCommand == nil:
+		return nil, errors.New("floor needs a ShardCommand: its readers run in a child process")
+	case c.Scenario == Floor && c.Channels != 1:
+		return nil, errors.New("floor writes one frame to every socket: one channel")
 	}
-	if c.Scenario == Fanout {
-		if c.Publish == nil {
+	for _, r := range c.Rates {
+		if !(r > 0) {
+			return nil, fmt.Errorf("sweep rate %v: every rate must be above 0", r)
+		}
+	}
+	if c.Scenario == Fanout || c.Scenario == Floor {
+		if c.Scenario == Fanout && c.Publish == nil {
 			return nil, errors.New("fanout needs a Publish function")
 		}
 		maxSeq := uint64(c.Messages)
-		if c.Messages == 0 {
+		switch {
+		case len(c.Rates) > 0:
+			maxSeq = 0
+			for _, r := range c.Rates {
+				n := uint64(r*c.Duration.Seconds()) + 1
+				if c.Messages > 0 {
+					n = min(n, uint64(c.Messages))
+				}
+				maxSeq += n
+			}
+		case c.Messages == 0:
 			maxSeq = uint64(c.Rate*c.Duration.Seconds()) + 1
 		}
 		if need := MinPayloadSize(maxSeq); c.Size < need {
@@ -270,3 +333,38 @@ func channelOf(i, channels int, hot bool) int {
 // channelName is channel k's name for a run: PREFIX.K, where the prefix
 // already carries the run id.
 func channelName(prefix string, k int) string { return prefix + "." + strconv.Itoa(k) }
+
+// ParseRates reads the --rates flag: a comma-separated list of message
+// rates, each above 0, e.g. "10,50,200".
+func ParseRates(s string) ([]float64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	var rates []float64
+	for _, f := range strings.Split(s, ",") {
+		r, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || !(r > 0) || math.IsInf(r, 0) {
+			return nil, fmt.Errorf("rate %q: want a number of messages per second above 0", f)
+		}
+		rates = append(rates, r)
+	}
+	return rates, nil
+}
+
+// PerConnChannels is what --channels takes for one channel per connection.
+const PerConnChannels = "per-conn"
+
+// ParseChannels reads the --channels flag: a count, or "per-conn" for a
+// channel of its own for every connection.
+func ParseChannels(s string) (n int, perConn bool, err error) {
+	s = strings.TrimSpace(s)
+	if s == PerConnChannels || s == "personal" {
+		return 0, true, nil
+	}
+	n, err = strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, false, fmt.Errorf("channels %q: want a count of at least 1, or %s", s, PerConnChannels)
+	}
+	return n, false, nil
+}

@@ -87,6 +87,12 @@ func TestConfigCheck(t *testing.T) {
 		{Config{Scenario: Fanout, URL: "ws://h:1/ws"}, "Publish"},
 		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Size: 30}, "too small"},
 		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Rate: -1}, "rate"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, PerConn: true, Hot: true}, "hot"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Conns: 10, PerConn: true, Channels: 5}, "per-connection"},
+		{Config{Scenario: Idle, URL: "ws://h:1/ws", Rates: []float64{10}}, "sweep is a fanout"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Rates: []float64{10, 0}}, "above 0"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Rates: []float64{1e9}, Size: 40}, "too small"},
+		{Config{Scenario: Floor, Channels: 2}, "ShardCommand"},
 	} {
 		tc.cfg.setDefaults()
 		_, err := tc.cfg.check()
@@ -99,5 +105,47 @@ func TestConfigCheck(t *testing.T) {
 	u, err := cfg.check()
 	if err != nil || u.Host != "127.0.0.1:80" || cfg.Procs != 1 || cfg.Messages != 200 || cfg.Size != 64 {
 		t.Fatalf("%v %v %+v", u, err, cfg)
+	}
+}
+
+func TestPerConnAndRounds(t *testing.T) {
+	cfg := Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: func(string, []byte) error { return nil }, Conns: 19000, PerConn: true, Rounds: 3}
+	cfg.setDefaults()
+	if _, err := cfg.check(); err != nil || cfg.Channels != 19000 || cfg.Messages != 57000 {
+		t.Fatalf("channels %d, messages %d: %v", cfg.Channels, cfg.Messages, err)
+	}
+	for i := range 19000 {
+		if k := channelOf(i, cfg.Channels, false); k != i {
+			t.Fatalf("connection %d on channel %d", i, k)
+		}
+	}
+	// A sweep publishes until --duration unless told a number.
+	sweep := Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: cfg.Publish, Rates: []float64{10, 50}}
+	sweep.setDefaults()
+	if _, err := sweep.check(); err != nil || sweep.Messages != 0 {
+		t.Fatalf("sweep messages %d: %v", sweep.Messages, err)
+	}
+}
+
+func TestParseRatesAndChannels(t *testing.T) {
+	rates, err := ParseRates(" 10, 50,200 ")
+	if err != nil || !reflect.DeepEqual(rates, []float64{10, 50, 200}) {
+		t.Fatalf("%v %v", rates, err)
+	}
+	for _, bad := range []string{"10,,20", "0", "-5", "x", "inf", "NaN"} {
+		if _, err := ParseRates(bad); err == nil {
+			t.Errorf("rates %q accepted", bad)
+		}
+	}
+	if n, per, err := ParseChannels("per-conn"); err != nil || !per || n != 0 {
+		t.Fatalf("per-conn: %d %v %v", n, per, err)
+	}
+	if n, per, err := ParseChannels("12"); err != nil || per || n != 12 {
+		t.Fatalf("12: %d %v %v", n, per, err)
+	}
+	for _, bad := range []string{"0", "-1", "many", ""} {
+		if _, _, err := ParseChannels(bad); err == nil {
+			t.Errorf("channels %q accepted", bad)
+		}
 	}
 }

@@ -1,5 +1,5 @@
 // Package bench is Herald's load client: it opens many WebSocket
-// connections to a Herald server, drives one of three scenarios against
+// connections to a Herald server, drives one of its scenarios against
 // them and reports what the server did.
 //
 //   - idle holds N upgraded connections and measures the server's resident
@@ -9,8 +9,17 @@
 //     through NATS and measures deliveries per second, delivered,
 //     missing, duplicated and out-of-order messages, publish-to-receive
 //     latency and the server's CPU time per delivery.
+//     With PerConn every connection has a channel of its own and the
+//     round robin sends each message to a different socket (Rounds
+//     messages to each); with Rates it is an overload sweep, one steady
+//     step per rate on the same connections, reported step by step.
 //   - storm drops every connection at once, reconnects them all and
 //     measures how long until all are back and what was refused meanwhile.
+//   - floor is the loopback write floor, with no server: the bench listens
+//     itself, its shards (always child processes) connect as readers, and
+//     it writes one pre-built frame per message to every socket with a
+//     bare loop of write(2) calls, measuring its own CPU time per write
+//     and the time one pass over all sockets takes.
 //
 // The client shares the machine with the server it measures, so it is
 // built to be cheap: connections live on a gnet client's event loops with

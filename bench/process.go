@@ -27,6 +27,9 @@ type shardHandle interface {
 	// storm drops the shard's connections and starts reconnecting them;
 	// progress says when the drops are done.
 	storm() error
+	// mark returns the shard's counts so far and its latencies since the
+	// previous mark (see shard.mark).
+	mark(ctx context.Context) (*shardResult, error)
 	// finish ends the shard and returns what it measured.
 	finish(ctx context.Context) (*shardResult, error)
 }
@@ -36,6 +39,9 @@ type localShard struct{ s *shard }
 
 func (l localShard) progress() progress { return l.s.progress() }
 func (l localShard) storm() error       { l.s.storm(); return nil }
+func (l localShard) mark(context.Context) (*shardResult, error) {
+	return l.s.mark(), nil
+}
 func (l localShard) finish(context.Context) (*shardResult, error) {
 	return l.s.finish(), nil
 }
@@ -44,6 +50,7 @@ func (l localShard) finish(context.Context) (*shardResult, error) {
 type shardMessage struct {
 	Progress *progress    `json:"progress,omitempty"`
 	Result   *shardResult `json:"result,omitempty"`
+	Mark     *shardResult `json:"mark,omitempty"`
 	Error    string       `json:"error,omitempty"`
 }
 
@@ -52,6 +59,7 @@ type shardMessage struct {
 // parent that died.
 const (
 	cmdStorm  = "storm"
+	cmdMark   = "mark"
 	cmdFinish = "finish"
 )
 
@@ -115,6 +123,10 @@ loop:
 				break loop
 			case cmd == cmdStorm:
 				go s.storm() // progress keeps flowing while the drops run
+			case cmd == cmdMark:
+				if err := send(shardMessage{Mark: s.mark()}); err != nil {
+					break loop
+				}
 			default:
 				log.Warn("bench shard: unknown command", "command", cmd)
 			}
@@ -136,14 +148,16 @@ func selfCPU() time.Duration {
 
 // remoteShard is a shard in a child process.
 type remoteShard struct {
-	index  int
-	cmd    waiter
-	kill   context.CancelFunc // kills the child
-	stdin  io.WriteCloser
-	result chan *shardResult // the final report, once
-	failed chan error        // the child broke off, once
-	mu     sync.Mutex
-	last   progress
+	index int
+	cmd   waiter
+	kill  context.CancelFunc // kills the child
+	stdin io.WriteCloser
+	marks chan *shardResult // answers to cmdMark, in order
+	done  chan struct{}     // closed when the child's output ends
+	res   *shardResult      // the final report, once done
+	err   error             // why there is none, once done
+	mu    sync.Mutex
+	last  progress
 }
 
 // waiter is the part of exec.Cmd a remote shard needs after starting it.
@@ -178,12 +192,12 @@ func startRemote(ctx context.Context, cfg *Config, spec shardSpec) (*remoteShard
 		return nil, fmt.Errorf("shard %d: start %s: %w", spec.Index, cmd.Path, err)
 	}
 	r := &remoteShard{
-		index:  spec.Index,
-		cmd:    cmd,
-		kill:   kill,
-		stdin:  stdin,
-		result: make(chan *shardResult, 1),
-		failed: make(chan error, 1),
+		index: spec.Index,
+		cmd:   cmd,
+		kill:  kill,
+		stdin: stdin,
+		marks: make(chan *shardResult, 1),
+		done:  make(chan struct{}),
 	}
 	go r.read(stdout, cfg.Logger)
 	return r, nil
@@ -191,6 +205,7 @@ func startRemote(ctx context.Context, cfg *Config, spec shardSpec) (*remoteShard
 
 // read follows the child's output until it ends.
 func (r *remoteShard) read(stdout io.Reader, log *slog.Logger) {
+	defer close(r.done)
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 0, 64<<10), 256<<20) // a result with many channels is long
 	for sc.Scan() {
@@ -201,11 +216,17 @@ func (r *remoteShard) read(stdout io.Reader, log *slog.Logger) {
 		}
 		switch {
 		case m.Error != "":
-			r.failed <- fmt.Errorf("shard %d: %s", r.index, m.Error)
+			r.err = fmt.Errorf("shard %d: %s", r.index, m.Error)
 			return
 		case m.Result != nil:
-			r.result <- m.Result
+			r.res = m.Result
 			return
+		case m.Mark != nil:
+			select {
+			case r.marks <- m.Mark:
+			default:
+				log.Warn("bench: shard answered a mark nobody asked for", "shard", r.index)
+			}
 		case m.Progress != nil:
 			r.mu.Lock()
 			r.last = *m.Progress
@@ -216,7 +237,7 @@ func (r *remoteShard) read(stdout io.Reader, log *slog.Logger) {
 	if err == nil {
 		err = errors.New("exited without a report")
 	}
-	r.failed <- fmt.Errorf("shard %d: %w", r.index, err)
+	r.err = fmt.Errorf("shard %d: %w", r.index, err)
 }
 
 func (r *remoteShard) progress() progress {
@@ -232,13 +253,30 @@ func (r *remoteShard) storm() error {
 	return nil
 }
 
+func (r *remoteShard) mark(ctx context.Context) (*shardResult, error) {
+	if _, err := io.WriteString(r.stdin, cmdMark+"\n"); err != nil {
+		return nil, fmt.Errorf("shard %d: mark: %w", r.index, err)
+	}
+	select {
+	case m := <-r.marks:
+		return m, nil
+	case <-r.done:
+		if r.err != nil {
+			return nil, fmt.Errorf("mark: %w", r.err)
+		}
+		return nil, fmt.Errorf("shard %d: mark: finished instead", r.index)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("shard %d: mark: %w", r.index, ctx.Err())
+	}
+}
+
 func (r *remoteShard) finish(ctx context.Context) (*shardResult, error) {
 	_, _ = io.WriteString(r.stdin, cmdFinish+"\n")
 	var res *shardResult
 	var err error
 	select {
-	case res = <-r.result:
-	case err = <-r.failed:
+	case <-r.done:
+		res, err = r.res, r.err
 	case <-ctx.Done():
 		err = fmt.Errorf("shard %d: no report: %w", r.index, ctx.Err())
 		r.kill()

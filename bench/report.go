@@ -21,18 +21,26 @@ type Result struct {
 	Seconds  float64   `json:"seconds"`
 	Conns    int       `json:"conns"`
 	Channels int       `json:"channels"`
-	Hot      bool      `json:"hot,omitempty"`
-	Format   string    `json:"format"`
-	Procs    int       `json:"procs"`
-	Loops    int       `json:"client_loops"` // per process
+	// PerConn: every connection has a channel of its own.
+	PerConn bool   `json:"per_conn_channels,omitempty"`
+	Hot     bool   `json:"hot,omitempty"`
+	Format  string `json:"format"`
+	Procs   int    `json:"procs"`
+	Loops   int    `json:"client_loops"` // per process
 	// SourceIPs are the local addresses dialed from; empty means the
 	// kernel's choice.
 	SourceIPs []string `json:"source_ips,omitempty"`
 
 	Connect ConnectResult `json:"connect"`
 	Server  ServerResult  `json:"server"`
-	Fanout  *FanoutResult `json:"fanout,omitempty"`
-	Storm   *StormResult  `json:"storm,omitempty"`
+	// Fanout is the fanout's deliveries; for floor, what the readers
+	// received of the frames the bench wrote; for a sweep, every step's
+	// together (Sweep has each step).
+	Fanout *FanoutResult `json:"fanout,omitempty"`
+	Storm  *StormResult  `json:"storm,omitempty"`
+	Floor  *FloorResult  `json:"floor,omitempty"`
+	// Sweep is an overload sweep's steps, one per rate, in order.
+	Sweep []SweepStep `json:"sweep,omitempty"`
 
 	// ClosedByServer counts upgraded connections the server closed, by
 	// reason ("close 1008", "ECONNRESET", "eof").
@@ -123,6 +131,46 @@ type FanoutResult struct {
 	Seconds   float64       `json:"seconds"`
 	PerSecond float64       `json:"deliveries_per_second"`
 	Latency   LatencyResult `json:"latency"`
+	// Reads counts the client's reads that brought first deliveries, and
+	// PerRead is Delivered / Reads: 1 when every message arrived on its
+	// own, more when the server packed several into one write (or the
+	// kernel queued several writes for one read).
+	Reads   uint64  `json:"reads,omitempty"`
+	PerRead float64 `json:"messages_per_read,omitempty"`
+}
+
+// SweepStep is one rate of an overload sweep: the fanout's figures for
+// the messages published at that rate, and the server's CPU time over the
+// step, from its first publish until its deliveries were in.
+type SweepStep struct {
+	FanoutResult
+	CPU *CPUResult `json:"server_cpu,omitempty"`
+}
+
+// FloorResult is the loopback write floor: one frame written to every
+// socket per message with a bare loop of write(2) calls. The writer's CPU
+// time per write is in Result.Server.CPU (unit "write"), and what the
+// readers received in Result.Fanout.
+type FloorResult struct {
+	Listen     string `json:"listen"`
+	Sockets    int    `json:"sockets"`
+	FrameBytes int    `json:"frame_bytes"` // header and envelope included
+	Passes     int    `json:"passes"`      // messages: one pass writes one to every socket
+	Writes     uint64 `json:"writes"`
+	// Pass times: from the first write of a pass to the return of its
+	// last, in milliseconds.
+	PassMedian float64 `json:"pass_median_ms"`
+	PassMax    float64 `json:"pass_max_ms"`
+	PassMean   float64 `json:"pass_mean_ms"`
+	// The writer's process CPU time within the passes only, and the
+	// writing thread's alone, per write: Result.Server.CPU counts the
+	// whole process from the first pass to the last, as the server's is
+	// counted in fanout.
+	InPassMicrosPerWrite float64 `json:"in_pass_us_per_write"`
+	ThreadMicrosPerWrite float64 `json:"thread_us_per_write"`
+	// ReaderProcs is how many child processes held the readers: never the
+	// writer's own.
+	ReaderProcs int `json:"reader_procs"`
 }
 
 // StormResult is the reconnect after every connection was dropped.
@@ -152,6 +200,9 @@ func (r *Result) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\n", name, fmt.Sprintf(format, args...))
 	}
 	layout := fmt.Sprintf("%d conns over %d channel%s", r.Conns, r.Channels, plural(r.Channels))
+	if r.PerConn {
+		layout += " (one per connection)"
+	}
 	if r.Hot {
 		layout += " (half on one hot channel)"
 	}
@@ -159,7 +210,11 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if len(r.SourceIPs) > 0 {
 		layout += ", from " + strings.Join(r.SourceIPs, ",")
 	}
-	row("herald bench "+string(r.Scenario), "%s", r.URL)
+	target := r.URL
+	if r.Scenario == Floor {
+		target += " (the bench's own listener: no server)"
+	}
+	row("herald bench "+string(r.Scenario), "%s", target)
 	row("setup", "%s", layout)
 
 	c := r.Connect
@@ -182,10 +237,17 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	if f := r.Fanout; f != nil {
 		rate := "as fast as possible"
-		if f.Rate > 0 {
+		switch {
+		case len(r.Sweep) > 0:
+			rate = fmt.Sprintf("over %d rates (below)", len(r.Sweep))
+		case f.Rate > 0:
 			rate = fmt.Sprintf("at %g msg/s", f.Rate)
 		}
-		row("published", "%d messages of %d B %s in %s", f.Published, f.Size, rate, seconds(f.PublishSeconds))
+		verb := "published"
+		if r.Scenario == Floor {
+			verb = "written"
+		}
+		row(verb, "%d messages of %d B %s in %s", f.Published, f.Size, rate, seconds(f.PublishSeconds))
 		row("delivered", "%d/%d (%.3f%%)", f.Delivered, f.Expected, f.DeliveredPct)
 		row("missing / dup / out-of-order", "%d / %d / %d", f.Missing, f.Duplicated, f.OutOfOrder)
 		row("throughput", "%s deliveries/s over %s (first publish to last delivery)", count(f.PerSecond), seconds(f.Seconds))
@@ -196,6 +258,14 @@ func (r *Result) WriteTable(w io.Writer) error {
 		} else {
 			row("latency", "n/a (nothing delivered)")
 		}
+		if f.Reads > 0 {
+			row("messages per read", "%.2f (%d reads brought the first deliveries)", f.PerRead, f.Reads)
+		}
+	}
+	if fl := r.Floor; fl != nil {
+		row("floor", "%d sockets, a %d-byte frame each per message, %d passes, %d writes", fl.Sockets, fl.FrameBytes, fl.Passes, fl.Writes)
+		row("pass over all sockets", "median %s  max %s  mean %s", millis(fl.PassMedian), millis(fl.PassMax), millis(fl.PassMean))
+		row("writer CPU in passes", "%.2f µs per write (process), %.2f µs (the writing thread alone)", fl.InPassMicrosPerWrite, fl.ThreadMicrosPerWrite)
 	}
 	if s := r.Storm; s != nil {
 		back := "not all back"
@@ -205,13 +275,17 @@ func (r *Result) WriteTable(w io.Writer) error {
 		row("storm", "%d dropped, %d reconnected in %d attempts, %d gave up: %s", s.Dropped, s.Reconnected, s.Attempts, s.GaveUp, back)
 		row("storm refusals", "%s", reasons(s.Refusals))
 	}
+	cpuLabel := "server CPU"
+	if r.Scenario == Floor {
+		cpuLabel = "writer CPU"
+	}
 	switch cpu := r.Server.CPU; {
 	case cpu != nil && cpu.Count > 0:
-		row("server CPU", "%.2f s: %.2f µs per %s (%d)", cpu.Seconds, cpu.MicrosPer, cpu.Unit, cpu.Count)
+		row(cpuLabel, "%.2f s: %.2f µs per %s (%d)", cpu.Seconds, cpu.MicrosPer, cpu.Unit, cpu.Count)
 	case cpu != nil:
-		row("server CPU", "%.2f s, no %s to divide it by", cpu.Seconds, cpu.Unit)
+		row(cpuLabel, "%.2f s, no %s to divide it by", cpu.Seconds, cpu.Unit)
 	default:
-		row("server CPU", "n/a")
+		row(cpuLabel, "n/a")
 	}
 	if r.Server.Source != "" {
 		row("server figures from", "%s", r.Server.Source)
@@ -228,6 +302,37 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	for _, n := range r.Notes {
 		row("note", "%s", n)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return r.writeSweep(w)
+}
+
+// writeSweep writes a sweep's steps as a table of their own, one row per
+// rate.
+func (r *Result) writeSweep(w io.Writer) error {
+	if len(r.Sweep) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\nsweep: %d conns, each rate for its own stretch of publishing, on the same connections\n", r.Conns)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "msg/s\tpublished\tdelivered\tmissing/dup/ooo\tp50\tp99\tserver CPU/delivery\tdeliveries/s\tmsgs/read\t")
+	for _, s := range r.Sweep {
+		p50, p99 := "n/a", "n/a"
+		if s.Latency.Count > 0 {
+			p50, p99 = millis(s.Latency.P50), millis(s.Latency.P99)
+		}
+		cpu := "n/a"
+		if s.CPU != nil && s.CPU.Count > 0 {
+			cpu = fmt.Sprintf("%.2f µs", s.CPU.MicrosPer)
+		}
+		perRead := "n/a"
+		if s.Reads > 0 {
+			perRead = fmt.Sprintf("%.2f", s.PerRead)
+		}
+		fmt.Fprintf(tw, "%g\t%d\t%.3f%%\t%d/%d/%d\t%s\t%s\t%s\t%s\t%s\t\n", s.Rate, s.Published, s.DeliveredPct,
+			s.Missing, s.Duplicated, s.OutOfOrder, p50, p99, cpu, count(s.PerSecond), perRead)
 	}
 	return tw.Flush()
 }

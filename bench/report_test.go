@@ -51,7 +51,7 @@ func TestAggregate(t *testing.T) {
 	}
 	for _, sc := range []Scenario{Fanout, Storm} {
 		res := &Result{Scenario: sc}
-		if err := res.aggregate(shards, []uint64{10, 10}, base.Add(10*time.Second)); err != nil {
+		if err := res.aggregate(shards, []uint64{10, 10}, base.Add(10*time.Second), nil); err != nil {
 			t.Fatal(err)
 		}
 		c := res.Connect

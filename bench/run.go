@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 const (
@@ -46,6 +48,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
+	var floor *floorServer
+	if cfg.Scenario == Floor {
+		// The floor's readers connect to the bench itself.
+		if floor, err = startFloorServer(cfg.Listen); err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		defer floor.close()
+		cfg.URL = "ws://" + floor.addr() + "/ws"
+		if target, err = cfg.check(); err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+	}
 	start := time.Now()
 	deadline := start.Add(cfg.Timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
@@ -53,6 +67,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	r := &runner{
 		cfg:    cfg,
+		floor:  floor,
 		target: target,
 		prefix: fmt.Sprintf("%s.%06x", cfg.ChannelPrefix, rand.Uint32()&0xFFFFFF),
 		res: &Result{
@@ -61,6 +76,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			Started:  start,
 			Conns:    cfg.Conns,
 			Channels: cfg.Channels,
+			PerConn:  cfg.PerConn,
 			Hot:      cfg.Hot,
 			Format:   "json",
 			Procs:    cfg.Procs,
@@ -109,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("bench: no shard reported: %w", errors.Join(r.errs...))
 	}
 	r.res.BenchCPUSeconds += selfCPU().Seconds()
-	if err := r.res.aggregate(results, r.published, r.publishStart); err != nil {
+	if err := r.res.aggregate(results, r.published, r.publishStart, r.stepLatency); err != nil {
 		r.note("%v", err)
 	}
 	r.res.Seconds = time.Since(start).Seconds()
@@ -132,6 +148,11 @@ type runner struct {
 	expected     atomic.Uint64 // deliveries the messages published so far should make
 	published    []uint64      // measured messages published, by channel
 	publishStart time.Time
+	next         int // the channel the round robin publishes to next
+
+	floor       *floorServer            // the floor scenario's listener
+	stepLatency *hdrhistogram.Histogram // a sweep's latencies, from the shards' marks
+	step        atomic.Value            // string: the sweep step running, for progress
 }
 
 func (r *runner) note(format string, args ...any) {
@@ -149,6 +170,13 @@ func (r *runner) planChannels() {
 // newProbe picks where server figures come from: /proc with a PID, the
 // server's /metrics otherwise, or nowhere if that does not answer.
 func (r *runner) newProbe() serverProbe {
+	if r.cfg.Scenario == Floor {
+		// The floor's "server" is this process; it measures itself.
+		if r.cfg.ServerPID > 0 || r.cfg.MetricsURL != "" {
+			r.note("floor measures its own writes: --server-pid and --metrics are not used")
+		}
+		return nil
+	}
 	mu := r.cfg.MetricsURL
 	if mu == "" {
 		mu = "http://" + r.target.Host + "/metrics"
@@ -221,7 +249,9 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 				r.res.SourceIPs = append(r.res.SourceIPs, src)
 			}
 		}
-		if cfg.Procs == 1 {
+		// The floor's readers never share the writer's process: its CPU
+		// time is what the floor measures.
+		if cfg.Procs == 1 && cfg.Scenario != Floor {
 			s, err := startShard(spec, cfg.Logger)
 			if err != nil {
 				return err
@@ -436,7 +466,11 @@ func (r *runner) showProgress() (stop func()) {
 			case <-t.C:
 			}
 			p := r.total()
-			line := fmt.Sprintf("bench %s %4.0fs  %s: %d/%d up", r.cfg.Scenario, time.Since(start).Seconds(), r.phase.Load(), p.Up, r.cfg.Conns)
+			phase := r.phase.Load().(string)
+			if step, _ := r.step.Load().(string); step != "" {
+				phase = step + " " + phase
+			}
+			line := fmt.Sprintf("bench %s %4.0fs  %s: %d/%d up", r.cfg.Scenario, time.Since(start).Seconds(), phase, p.Up, r.cfg.Conns)
 			if p.Failures > 0 {
 				line += fmt.Sprintf(", %d failed attempts", p.Failures)
 			}
@@ -542,9 +576,14 @@ func (r *runner) scenario(ctx context.Context, before serverSample, haveBefore b
 	case Idle:
 		return r.idle(ctx, before, haveBefore)
 	case Fanout:
+		if len(r.cfg.Rates) > 0 {
+			return r.sweep(ctx)
+		}
 		return r.fanout(ctx)
 	case Storm:
 		return r.storm(ctx)
+	case Floor:
+		return r.floorRun(ctx)
 	}
 	return nil
 }
@@ -659,60 +698,93 @@ func (r *runner) flush() error {
 	return nil
 }
 
-// publish sends Messages messages round robin over the channels, each
-// stamped with its channel's next sequence number and the time just
-// before it is handed to NATS. With a Rate, message i goes out at
-// start + i/Rate, catching up in a burst after a late wake-up rather than
-// drifting; publishing stops at Duration in any case.
+// publish sends Messages messages round robin over the channels at Rate,
+// within Duration, and records what it sent in the result.
 func (r *runner) publish(ctx context.Context) error {
+	cfg := &r.cfg
+	var sent int
+	start := time.Now()
+	r.publishStart = start
+	defer func() {
+		r.res.Fanout = &FanoutResult{Published: sent, Size: cfg.Size, Rate: cfg.Rate, PublishSeconds: time.Since(start).Seconds()}
+	}()
+	var err error
+	sent, err = r.publishSteady(ctx, start, cfg.Rate, cfg.Messages)
+	if err == nil && cfg.Messages > 0 && sent < cfg.Messages {
+		r.note("publishing stopped at --duration after %d of %d messages", sent, cfg.Messages)
+	}
+	return err
+}
+
+// Pacing: a message due less than pacingSlack from now goes out at once
+// rather than after a sleep, which the runtime cannot make that short
+// anyway; at high rates the publisher sends small bursts, one every
+// pacingSlack, instead of sleeping before every message. Before a wait of
+// flushBeforeWait or more, what was published is flushed to the NATS
+// server: a round trip per message would cap the rate at a few thousand a
+// second.
+const (
+	pacingSlack     = time.Millisecond
+	flushBeforeWait = 20 * time.Millisecond
+)
+
+// dueAt is when message i of a paced stretch that started at start should
+// go out.
+func dueAt(start time.Time, i int, rate float64) time.Time {
+	return start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+}
+
+// publishSteady sends up to limit messages (0: no limit) round robin over
+// the channels, each stamped with its channel's next sequence number and
+// the time just before it is handed to NATS. With a rate, message i goes
+// out at start + i/rate, catching up in a burst after a late wake-up
+// rather than drifting; publishing stops at Duration in any case. It
+// returns how many it sent.
+func (r *runner) publishSteady(ctx context.Context, start time.Time, rate float64, limit int) (int, error) {
 	cfg := &r.cfg
 	subjects := make([]string, cfg.Channels)
 	for k := range subjects {
 		subjects[k] = channelName(r.prefix, k)
 	}
-	start := time.Now()
-	r.publishStart = start
 	end := start.Add(cfg.Duration)
 	buf := make([]byte, 0, cfg.Size)
-	var sent int
-	defer func() {
-		f := &FanoutResult{Published: sent, Size: cfg.Size, Rate: cfg.Rate, PublishSeconds: time.Since(start).Seconds()}
-		r.res.Fanout = f
-	}()
-	for i := 0; cfg.Messages == 0 || i < cfg.Messages; i++ {
+	sent := 0
+	for i := 0; limit == 0 || i < limit; i++ {
 		now := time.Now()
-		if cfg.Rate > 0 {
-			due := start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+		if rate > 0 {
+			due := dueAt(start, i, rate)
 			if due.After(end) {
 				break
 			}
-			if wait := due.Sub(now); wait > 0 {
-				if err := r.flush(); err != nil {
-					return err
+			if wait := due.Sub(now); wait >= pacingSlack {
+				if wait >= flushBeforeWait {
+					if err := r.flush(); err != nil {
+						return sent, err
+					}
 				}
 				if err := sleep(ctx, wait); err != nil {
-					return err
+					return sent, err
 				}
 				now = time.Now()
 			}
 		} else if now.After(end) {
-			r.note("publishing stopped at --duration after %d of %d messages", i, cfg.Messages)
 			break
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return sent, ctx.Err()
 		}
-		k := i % cfg.Channels
+		k := r.next % cfg.Channels
 		seq := r.published[k] + 1
 		buf = AppendPayload(buf[:0], seq, now.UnixMicro(), cfg.Size)
 		if err := cfg.Publish(subjects[k], buf); err != nil {
-			return fmt.Errorf("publish message %d: %w", i+1, err)
+			return sent, fmt.Errorf("publish message %d: %w", sent+1, err)
 		}
+		r.next++
 		r.published[k] = seq
 		r.expected.Add(uint64(r.planned[k]))
 		sent++
 	}
-	return r.flush()
+	return sent, r.flush()
 }
 
 // awaitDeliveries waits until every connection has every message, or

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/engine/gnetlog"
 )
 
 // shardSpec is one process's share of a run. The parent sends it to a
@@ -77,14 +78,19 @@ type shardResult struct {
 	Channels      []channelCounts `json:"channels"`
 	Other         uint64          `json:"other"` // messages that were not bench payloads
 	LastDelivery  int64           `json:"last_delivery"`
-	Latency       string          `json:"latency"` // HDR, compressed and base64
-	StormAttempts int64           `json:"storm_attempts,omitempty"`
-	StormStart    int64           `json:"storm_start,omitempty"`
-	StormEnd      int64           `json:"storm_end,omitempty"` // the last reconnect
-	StormDropped  int64           `json:"storm_dropped,omitempty"`
-	StormUp       int64           `json:"storm_up,omitempty"`
-	StormGaveUp   int64           `json:"storm_gave_up,omitempty"`
-	CPUSeconds    float64         `json:"cpu_seconds,omitempty"` // a child process's own CPU time
+	// Reads counts the reads (event-loop callbacks) that brought at least
+	// one first delivery: Delivered / Reads is how many messages one
+	// read found, which is at least how many the server packed into one
+	// write.
+	Reads         uint64  `json:"reads,omitempty"`
+	Latency       string  `json:"latency"` // HDR, compressed and base64
+	StormAttempts int64   `json:"storm_attempts,omitempty"`
+	StormStart    int64   `json:"storm_start,omitempty"`
+	StormEnd      int64   `json:"storm_end,omitempty"` // the last reconnect
+	StormDropped  int64   `json:"storm_dropped,omitempty"`
+	StormUp       int64   `json:"storm_up,omitempty"`
+	StormGaveUp   int64   `json:"storm_gave_up,omitempty"`
+	CPUSeconds    float64 `json:"cpu_seconds,omitempty"` // a child process's own CPU time
 }
 
 // Connection states, in order.
@@ -138,8 +144,9 @@ type loopState struct {
 	el       gnet.EventLoop
 	conns    []*conn
 	channels []channelCounts
-	hist     *hdrhistogram.Histogram
+	hist     *hdrhistogram.Histogram // since the start, or the last mark
 	other    uint64
+	reads    uint64 // reads that brought a first delivery
 	rng      *rand.Rand
 	buf      []byte // scratch: upgrade requests, pongs, accept keys
 
@@ -220,8 +227,16 @@ func startShard(spec shardSpec, log *slog.Logger) (*shard, error) {
 		failures: [2]map[string]int{{}, {}},
 		closed:   map[string]int{},
 	}
-	for k := range spec.Channels {
-		s.requests = append(s.requests, newUpgradeRequest(target, channelName(spec.Prefix, k), spec.Raw))
+	// An upgrade request per channel this shard's connections use: with a
+	// channel per connection that is this shard's share, not every one.
+	s.requests = make([]upgradeRequest, spec.Channels)
+	for i := range s.conns {
+		c := &s.conns[i]
+		c.index = int32(i)
+		c.channel = int32(channelOf(spec.First+i, spec.Channels, spec.Hot))
+		if s.requests[c.channel].head == nil {
+			s.requests[c.channel] = newUpgradeRequest(target, channelName(spec.Prefix, int(c.channel)), spec.Raw)
+		}
 	}
 	if s.dialers, err = newDialers(spec.Sources, spec.HandshakeTimeout); err != nil {
 		return nil, err
@@ -230,7 +245,7 @@ func startShard(spec shardSpec, log *slog.Logger) (*shard, error) {
 		gnet.WithMulticore(true),
 		gnet.WithNumEventLoop(spec.Loops),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithLogger(gnetLogger{log}),
+		gnet.WithLogger(gnetlog.Logger{Log: log}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gnet client: %w", err)
@@ -241,10 +256,7 @@ func startShard(spec shardSpec, log *slog.Logger) (*shard, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.connectStart.Store(time.Now().UnixNano())
 	for i := range s.conns {
-		c := &s.conns[i]
-		c.index = int32(i)
-		c.channel = int32(channelOf(spec.First+i, spec.Channels, spec.Hot))
-		s.dialQ <- c
+		s.dialQ <- &s.conns[i]
 	}
 	s.workers.Add(spec.Dialers + 2)
 	for range spec.Dialers {
@@ -593,9 +605,41 @@ func (s *shard) collect() *shardResult {
 			r.Channels[k].Late += ch.Late
 		}
 		r.Other += l.other
+		r.Reads += l.reads
 		r.LastDelivery = max(r.LastDelivery, l.last.Load())
 		hist.Merge(l.hist)
 	}
+	var err error
+	if r.Latency, err = encodeLatency(hist); err != nil {
+		s.log.Error("latency histogram lost", "err", err)
+	}
+	return r
+}
+
+// mark snapshots what the shard has received so far, for one step of a
+// sweep: the channel counts, reads and last delivery since the start,
+// and the latencies since the previous mark, after which each loop starts
+// a new histogram. It runs on the loops, so the counts are exact at the
+// moment each loop takes its part.
+func (s *shard) mark() *shardResult {
+	r := &shardResult{Conns: s.spec.Conns, Channels: make([]channelCounts, s.spec.Channels)}
+	hist := newLatencyHistogram()
+	var mu sync.Mutex
+	s.onLoops(func(l *loopState) {
+		mu.Lock()
+		defer mu.Unlock()
+		for k, ch := range l.channels {
+			r.Channels[k].Conns += ch.Conns
+			r.Channels[k].Unique += ch.Unique
+			r.Channels[k].Duplicates += ch.Duplicates
+			r.Channels[k].Late += ch.Late
+		}
+		r.Other += l.other
+		r.Reads += l.reads
+		r.LastDelivery = max(r.LastDelivery, l.last.Load())
+		hist.Merge(l.hist)
+		l.hist.Reset()
+	})
 	var err error
 	if r.Latency, err = encodeLatency(hist); err != nil {
 		s.log.Error("latency histogram lost", "err", err)
@@ -780,6 +824,7 @@ func (c *conn) readFrames(now time.Time) gnet.Action {
 	var fresh uint64
 	defer func() {
 		if fresh > 0 {
+			l.reads++
 			l.delivered.Add(fresh)
 			l.last.Store(now.UnixNano())
 		}
@@ -869,19 +914,4 @@ func (l *loopState) message(c *conn, payload []byte, nowMicros int64) uint64 {
 	ch.Unique++
 	recordLatency(l.hist, nowMicros-ts)
 	return 1
-}
-
-// gnetLogger sends gnet's logs to slog, below the bench's own.
-type gnetLogger struct{ log *slog.Logger }
-
-func (g gnetLogger) Debugf(format string, args ...any) {}
-func (g gnetLogger) Infof(format string, args ...any)  {}
-func (g gnetLogger) Warnf(format string, args ...any) {
-	g.log.Warn("gnet: " + fmt.Sprintf(format, args...))
-}
-func (g gnetLogger) Errorf(format string, args ...any) {
-	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
-}
-func (g gnetLogger) Fatalf(format string, args ...any) {
-	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"strconv"
+	"unsafe"
 )
 
 // DefaultMaxHeadSize is the request-head cap used when the caller sets none (8 KiB).
@@ -372,6 +373,38 @@ func (r *Request) parseHeaderLine(line []byte) error {
 		r.Extensions = value
 	}
 	return nil
+}
+
+// Header returns the trimmed value of the first header called name
+// (ASCII, any case), or nil when the request has none: for the headers a
+// Request does not keep, such as Authorization, which CheckUpgrade hooks
+// read. It allocates nothing; the value is a view of the request's bytes.
+func (r *Request) Header(name string) []byte {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; 'A' <= c && c <= 'Z' {
+			return r.headerFold(name)
+		}
+	}
+	value, _, _ := nextHeaderValue(r.header, name)
+	return value
+}
+
+// headerFold is Header for a name that is not all lowercase.
+func (r *Request) headerFold(name string) []byte {
+	var buf [64]byte
+	if len(name) > len(buf) {
+		return nil // no header Herald reads is that long
+	}
+	lower := buf[:len(name)]
+	for i := range len(name) {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		lower[i] = c
+	}
+	value, _, _ := nextHeaderValue(r.header, unsafe.String(&lower[0], len(lower)))
+	return value
 }
 
 // nextHeaderValue finds the next header line named name (lowercase) in a

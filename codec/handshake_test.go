@@ -1154,3 +1154,29 @@ func BenchmarkUpgrade(b *testing.B) {
 		}
 	}
 }
+
+func TestRequestHeader(t *testing.T) {
+	head := "GET /ws?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Authorization:   Bearer abc.def  \r\nX-Twice: one\r\nx-twice: two\r\n\r\n"
+	var r Request
+	if err := ParseRequest([]byte(head), &r); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, want string }{
+		{"authorization", "Bearer abc.def"},
+		{"Authorization", "Bearer abc.def"},
+		{"AUTHORIZATION", "Bearer abc.def"},
+		{"x-twice", "one"},
+		{"host", "h"},
+		{"missing", ""},
+		{"authorizatio", ""},
+	}
+	for _, tt := range tests {
+		if got := string(r.Header(tt.name)); got != tt.want {
+			t.Errorf("Header(%q) = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = r.Header("Authorization") }); n != 0 {
+		t.Errorf("Header allocates %v times", n)
+	}
+}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"net"
 	"slices"
 	"time"
 
@@ -13,37 +14,40 @@ import (
 	"github.com/herald-ws/herald/codec"
 )
 
-// A connection moves through these states in order.
+// A connection moves through these states in order; stateAccepting is
+// skipped when its endpoint accepts at once.
 const (
 	stateHandshake uint8 = iota // reading the HTTP request head
+	stateAccepting              // upgrade valid, waiting for the endpoint to accept it
 	stateOpen                   // WebSocket frames flow both ways
-	stateClosing                // final answer sent; discarding input until the peer hangs up
+	stateClosing                // final frame or answer sent; waiting for the peer
 	stateClosed                 // gnet closed the socket; nothing may touch it
 )
 
-// What an upgraded connection is for.
-const (
-	routeEcho    uint8 = iota + 1
-	routePush          // PushPath, messages as JSON envelopes
-	routePushRaw       // PushPath with format=raw: bare payloads
-)
-
-// conn is Herald's state for one TCP connection. Millions of these live at
+// Conn is Herald's state for one TCP connection. Millions of these live at
 // once, mostly idle, so every field costs memory times millions: the struct
-// fits the 64-byte allocation class, a connection with one channel needs no
-// other allocation, and the state of a message that is half received lives
-// in a reader only for that time (see loop.partial).
-type conn struct {
-	gc       gnet.Conn
-	loop     *loop
-	subs     subList // channels subscribed to, on PushPath
-	deadline uint32  // loop clock of the next sweep action: timeout, ping or reap
-	slot     int32   // index in loop.pending or loop.conns
-	scanned  uint16  // bytes of the request head already searched for its end
+// fits the 64-byte allocation class, and the state of a message that is
+// half received lives in a reader only for that time (see Loop.partial).
+//
+// Its methods are for the connection's Endpoint and must be called on the
+// connection's loop: in an Endpoint callback, or in a task run with
+// Loop.Execute.
+type Conn struct {
+	gc   gnet.Conn
+	loop *Loop
+	// Session is the endpoint's own state for the connection; the engine
+	// never reads it.
+	Session  any
+	deadline uint32 // loop clock of the next sweep action: timeout, ping or reap
+	slot     int32  // index in Loop.pending or Loop.conns
+	scanned  uint16 // bytes of the request head already searched for its end
 	state    uint8
-	route    uint8
-	pinged   bool // a ping is out and unanswered; the deadline is the pong's
-	partial  bool // a message spans callbacks: its reader is in loop.partial
+	route    uint8 // 1 + index in Server.endpoints, once an endpoint has the connection
+	pinged   bool  // a ping is out and unanswered; the deadline is the pong's
+	partial  bool  // a message spans callbacks: its reader is in Loop.partial
+	// awaitClose: Herald sent a close frame and waits for the peer's, at
+	// which the handshake is over and the socket is closed at once.
+	awaitClose bool
 }
 
 // reader holds a message whose frames or payload arrive over several
@@ -67,7 +71,7 @@ func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 
 func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := h.s.loopFor(gc.EventLoop())
-	c := &conn{gc: gc, loop: l, deadline: h.s.clock() + millis(h.s.cfg.HandshakeTimeout)}
+	c := &Conn{gc: gc, loop: l, deadline: h.s.clock() + millis(h.s.cfg.HandshakeTimeout)}
 	l.track(c)
 	l.stats.open.Add(1)
 	l.stats.accepted.Add(1)
@@ -81,46 +85,64 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 }
 
 func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
-	c, ok := gc.Context().(*conn)
+	c, ok := gc.Context().(*Conn)
 	if !ok {
 		return gnet.None
 	}
 	gc.SetContext(nil)
-	c.loop.untrack(c)
-	c.loop.stats.open.Add(-1)
-	if c.state == stateOpen {
-		c.loop.s.wsConns.Add(-1)
+	l := c.loop
+	l.untrack(c)
+	l.stats.open.Add(-1)
+	if c.upgraded() {
+		l.s.wsConns.Add(-1)
 	}
-	c.unsubscribeAll()
+	c.dropAccept()
 	c.releaseReader()
+	delete(l.skipping, c)
 	// A write after this point could reach another client that gets the same
 	// file descriptor: drop every way to reach the socket.
 	c.gc = nil
 	c.state = stateClosed
+	if c.route != 0 {
+		l.s.endpoints[c.route-1].Closed(c)
+	}
 	return gnet.None
 }
 
 func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
-	c, ok := gc.Context().(*conn)
+	c, ok := gc.Context().(*Conn)
 	if !ok {
 		return gnet.Close
 	}
 	switch c.state {
 	case stateHandshake:
 		c.readRequest()
+	case stateAccepting:
+		// Frames sent ahead of the 101 wait in gnet's buffer until Accept
+		// reads them; a client may not pile up more than one message.
+		if int64(gc.InboundBuffered()) > c.loop.s.cfg.MaxMessageSize+codec.MaxHeaderSize {
+			return gnet.Close
+		}
 	case stateOpen:
 		c.alive()
 		c.readFrames()
 	}
 	if c.state == stateClosing {
+		if c.awaitClose {
+			return c.readUntilClose()
+		}
 		_, _ = gc.Discard(gc.InboundBuffered())
 	}
 	return gnet.None
 }
 
+// upgraded reports whether the connection counts against MaxConns: from
+// admission to the end of the WebSocket.
+func (c *Conn) upgraded() bool { return c.state == stateAccepting || c.state == stateOpen }
+
 // readRequest waits for a whole HTTP request head, then answers it: an
 // upgrade to WebSocket, a plain HTTP answer, or an error.
-func (c *conn) readRequest() {
+func (c *Conn) readRequest() {
 	s := c.loop.s
 	buf, _ := c.gc.Peek(-1)
 	n := codec.HeadLength(buf, int(c.scanned))
@@ -141,7 +163,7 @@ func (c *conn) readRequest() {
 		c.refuse(refusedBadRequest, err)
 		return
 	}
-	route := s.route(req.Path)
+	route := s.paths[string(req.Path)]
 	if route == 0 {
 		if req.IsUpgrade() {
 			c.refuse(refusedNotFound, errNoSuchEndpoint)
@@ -150,56 +172,93 @@ func (c *conn) readRequest() {
 		c.serveHTTP(req)
 		return
 	}
-	if route == routePush {
-		raw, err := s.checkPushQuery(req.RawQuery)
-		if err != nil {
-			c.refuse(refusedBadRequest, err)
-			return
-		}
-		if raw {
-			route = routePushRaw
-		}
-	}
 	out := bytebufferpool.Get()
-	defer bytebufferpool.Put(out)
 	var err error
-	if out.B, err = s.upgrader.Upgrade(out.B, req); err != nil {
-		var he *codec.HTTPError
-		errors.As(err, &he)
-		c.refuse(refusalFor(he.Status), err)
+	if out.B, err = s.upgrader.Upgrade(out.B, req); err == nil && s.cfg.CheckUpgrade != nil {
+		err = s.cfg.CheckUpgrade(req)
+	}
+	if err != nil {
+		bytebufferpool.Put(out)
+		c.refuse(refusalOf(err), err)
 		return
 	}
 	if reason, err := c.admit(); err != nil {
+		bytebufferpool.Put(out)
 		c.refuse(reason, err)
 		return
 	}
-	c.route, c.scanned = route, 0
-	c.setState(stateOpen)
-	c.alive()
-	// Subscribe before answering, so that a client that sees its upgrade
-	// succeed is subscribed; the query lies in gnet's buffer, so this is
-	// also before Discard.
-	var refused []error
-	if route != routeEcho {
-		refused = c.subscribeQuery(req.RawQuery)
+	c.scanned = 0
+	c.setState(stateAccepting)
+	c.deadline = s.clock() + millis(s.cfg.HandshakeTimeout)
+	c.route = route
+	err = s.endpoints[route-1].Upgrade(c, req)
+	// The request's bytes end here; frames sent right behind it stay.
+	_, _ = c.gc.Discard(n)
+	switch {
+	case err == nil:
+		c.loop.accepting[c] = out
+		c.Accept()
+	case errors.Is(err, ErrAcceptLater):
+		c.loop.accepting[c] = out
+	default:
+		bytebufferpool.Put(out)
+		c.route = 0 // refused: the endpoint keeps nothing
+		c.Refuse(err)
 	}
-	if !c.write(out.B) {
+}
+
+// Accept answers 101 to an upgrade its endpoint held with ErrAcceptLater,
+// and starts reading the client's frames. It does nothing on a connection
+// that is not waiting for it.
+func (c *Conn) Accept() {
+	if c.state != stateAccepting {
 		return
 	}
-	for _, err := range refused {
-		c.replyChannelError(nil, err)
+	out := c.loop.accepting[c]
+	delete(c.loop.accepting, c)
+	c.setState(stateOpen)
+	c.alive()
+	ok := c.write(out.B)
+	bytebufferpool.Put(out)
+	if ok {
+		c.readFrames() // frames the client sent right behind its request
 	}
-	if c.state != stateOpen {
-		return // a reply's write failed and gnet closed the socket
+}
+
+// Refuse answers an upgrade that is waiting for Accept with an HTTP error
+// instead, and closes: a *codec.HTTPError gives the status, anything else
+// is a 400. It does nothing on a connection that is not waiting.
+func (c *Conn) Refuse(err error) {
+	if c.state != stateAccepting {
+		return
 	}
-	_, _ = c.gc.Discard(n)
-	c.readFrames() // frames the client sent right behind its request
+	c.dropAccept()
+	c.loop.s.wsConns.Add(-1)
+	c.setState(stateHandshake) // not upgraded: linger as an HTTP answer
+	c.refuse(refusalOf(err), err)
+}
+
+// dropAccept forgets the held 101, if any.
+func (c *Conn) dropAccept() {
+	if out, ok := c.loop.accepting[c]; ok {
+		delete(c.loop.accepting, c)
+		bytebufferpool.Put(out)
+	}
+}
+
+// refusalOf classifies an upgrade error for the counters.
+func refusalOf(err error) int {
+	var he *codec.HTTPError
+	if errors.As(err, &he) {
+		return refusalFor(he.Status)
+	}
+	return refusedBadRequest
 }
 
 // readFrames handles every complete frame buffered, and the buffered part of
 // a frame whose payload is still arriving. Unconsumed bytes stay in gnet's
 // buffer but do not trigger another callback, so it must not stop early.
-func (c *conn) readFrames() {
+func (c *Conn) readFrames() {
 	max := c.loop.s.cfg.MaxMessageSize
 	for c.state == stateOpen {
 		rd := c.reader()
@@ -279,11 +338,47 @@ func (c *conn) readFrames() {
 	}
 }
 
+// readUntilClose reads what a peer sends after Herald's close frame: data
+// frames are dropped as they stream in, and the peer's close frame
+// completes the handshake, at which point the socket is closed at once
+// (RFC 6455 section 7.1.1: the server closes the TCP connection first).
+// Only the wait for that frame is bounded by CloseTimeout.
+func (c *Conn) readUntilClose() gnet.Action {
+	l := c.loop
+	for {
+		buffered := c.gc.InboundBuffered()
+		if skip := l.skipping[c]; skip > 0 {
+			n := int(min(int64(buffered), skip))
+			_, _ = c.gc.Discard(n)
+			if skip -= int64(n); skip > 0 {
+				l.skipping[c] = skip
+				return gnet.None
+			}
+			delete(l.skipping, c)
+			continue
+		}
+		head, _ := c.gc.Peek(min(buffered, codec.MaxHeaderSize))
+		h, hn, err := codec.ParseHeader(head)
+		switch {
+		case err != nil:
+			return gnet.Close
+		case hn == 0:
+			return gnet.None
+		case h.OpCode == ws.OpClose:
+			return gnet.Close
+		}
+		_, _ = c.gc.Discard(hn)
+		if h.Length > 0 {
+			l.skipping[c] = h.Length
+		}
+	}
+}
+
 // readPayload moves the buffered part of the current frame's payload into
 // the message buffer, unmasking and validating it on the way, and delivers
 // the message when its last byte is in. It reports false when nothing was
 // buffered or the connection is no longer open.
-func (c *conn) readPayload(rd *reader) bool {
+func (c *Conn) readPayload(rd *reader) bool {
 	n := c.gc.InboundBuffered()
 	if n == 0 {
 		return false
@@ -310,7 +405,7 @@ func (c *conn) readPayload(rd *reader) bool {
 // endFrame is called when the current frame's payload is all in. If the
 // frame ends its message, the message is delivered and the reader released.
 // It reports whether the connection is still open.
-func (c *conn) endFrame(rd *reader) bool {
+func (c *Conn) endFrame(rd *reader) bool {
 	op, err := rd.dec.End()
 	if err != nil {
 		c.fail(err)
@@ -332,12 +427,12 @@ func (c *conn) endFrame(rd *reader) bool {
 // not read the answers: like a subscriber that falls behind, it would grow
 // the server's memory without bound. An echo may hold one whole message
 // on top of the cap.
-func (c *conn) checkOutbound() {
+func (c *Conn) checkOutbound() {
 	if c.state != stateOpen {
 		return
 	}
 	limit := c.loop.s.cfg.MaxOutbound
-	if c.route == routeEcho {
+	if _, isEcho := c.loop.s.endpoints[c.route-1].(echo); isEcho {
 		limit += int(c.loop.s.cfg.MaxMessageSize)
 	}
 	if c.gc.OutboundBuffered() > limit {
@@ -346,7 +441,7 @@ func (c *conn) checkOutbound() {
 }
 
 // reader returns the connection's half-received message, or nil.
-func (c *conn) reader() *reader {
+func (c *Conn) reader() *reader {
 	if !c.partial {
 		return nil
 	}
@@ -355,7 +450,7 @@ func (c *conn) reader() *reader {
 
 // newReader keeps the state of a message that spans callbacks, starting
 // from dec.
-func (c *conn) newReader(dec *codec.Decoder) *reader {
+func (c *Conn) newReader(dec *codec.Decoder) *reader {
 	rd := c.loop.s.readers.Get().(*reader)
 	rd.dec = *dec
 	c.loop.partial[c] = rd
@@ -363,7 +458,7 @@ func (c *conn) newReader(dec *codec.Decoder) *reader {
 	return rd
 }
 
-func (c *conn) releaseReader() {
+func (c *Conn) releaseReader() {
 	rd := c.reader()
 	if rd == nil {
 		return
@@ -377,11 +472,14 @@ func (c *conn) releaseReader() {
 	c.loop.s.readers.Put(rd)
 }
 
-// control answers a ping, ignores a pong and completes a close handshake.
-func (c *conn) control(op ws.OpCode, payload []byte) {
+// control answers a ping, ignores a pong and completes a close handshake
+// the peer started: Herald answers with its own close frame, and since
+// nothing more may follow on either side, closes the socket once that
+// frame is written.
+func (c *Conn) control(op ws.OpCode, payload []byte) {
 	switch op {
 	case ws.OpPing:
-		c.writeFrame(ws.OpPong, payload)
+		c.SendFrame(ws.OpPong, payload)
 	case ws.OpClose:
 		code, _, err := codec.ParseClose(payload)
 		if err != nil {
@@ -391,23 +489,74 @@ func (c *conn) control(op ws.OpCode, payload []byte) {
 		if code == 0 {
 			code = ws.StatusNormalClosure
 		}
-		c.close(code, "")
+		l := c.loop
+		l.frame = codec.AppendClose(l.frame[:0], code, "")
+		if c.write(l.frame) {
+			c.endWebSocket()
+			// Asynchronous, so that no caller up the stack meets a released
+			// socket; gnet writes what is still queued before closing.
+			_ = c.gc.Close()
+		}
 	}
 }
 
-// message handles one complete message from the client.
-func (c *conn) message(op ws.OpCode, payload []byte) {
-	switch c.route {
-	case routeEcho:
-		c.writeFrame(op, payload)
-	case routePush, routePushRaw:
-		c.pushMessage(op, payload)
+// message hands one complete message from the client to its endpoint.
+func (c *Conn) message(op ws.OpCode, payload []byte) {
+	c.loop.s.endpoints[c.route-1].Message(c, op, payload)
+}
+
+// Send writes b, one or more whole frames the caller encoded, and reports
+// whether the connection is still open. A connection whose unsent data
+// passes Config.MaxOutbound is closed with 1008 instead of buffering more.
+func (c *Conn) Send(b []byte) bool {
+	if c.state != stateOpen {
+		return false
+	}
+	if !c.write(b) {
+		return false
+	}
+	if c.gc.OutboundBuffered() > c.loop.s.cfg.MaxOutbound {
+		c.cutSlowConsumer()
+	}
+	return c.state == stateOpen
+}
+
+// SendFrame writes one unfragmented frame and reports whether the
+// connection is still open. The header goes in the loop's scratch buffer
+// and the payload is written from where it lies.
+func (c *Conn) SendFrame(op ws.OpCode, payload []byte) bool {
+	if c.state != stateOpen {
+		return false
+	}
+	return c.writeFrame(op, payload)
+}
+
+// Close sends a close frame with code and reason and starts the closing
+// handshake; nothing sent afterwards is written.
+func (c *Conn) Close(code ws.StatusCode, reason string) {
+	if c.state == stateOpen {
+		c.close(code, reason)
 	}
 }
 
-// writeFrame sends one unfragmented frame. The header goes in the loop's
-// scratch buffer and the payload is written from where it lies.
-func (c *conn) writeFrame(op ws.OpCode, payload []byte) bool {
+// Open reports whether the connection is an open WebSocket that Send can
+// write to.
+func (c *Conn) Open() bool { return c.state == stateOpen }
+
+// Loop is the event loop that owns the connection.
+func (c *Conn) Loop() *Loop { return c.loop }
+
+// RemoteAddr is the peer's address, for logs; nil once the connection is
+// closed.
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.gc == nil {
+		return nil
+	}
+	return c.gc.RemoteAddr()
+}
+
+// writeFrame sends one unfragmented frame.
+func (c *Conn) writeFrame(op ws.OpCode, payload []byte) bool {
 	l := c.loop
 	if c.state == stateClosed {
 		return false
@@ -424,7 +573,7 @@ func (c *conn) writeFrame(op ws.OpCode, payload []byte) bool {
 
 // write sends b and reports whether the connection survived it: gnet runs
 // OnClose inside Write when the socket is gone.
-func (c *conn) write(b []byte) bool {
+func (c *Conn) write(b []byte) bool {
 	if c.state == stateClosed {
 		return false
 	}
@@ -439,11 +588,12 @@ var (
 	errDraining       = &codec.HTTPError{Status: 503, Reason: "server is shutting down", Header: "Retry-After: 5\r\n"}
 	errConnLimit      = &codec.HTTPError{Status: 503, Reason: "connection limit reached", Header: "Retry-After: 10\r\n"}
 	errRateLimit      = &codec.HTTPError{Status: 503, Reason: "too many new connections, retry shortly", Header: "Retry-After: 1\r\n"}
+	errAcceptTimeout  = &codec.HTTPError{Status: 503, Reason: "upgrade not ready in time, retry shortly", Header: "Retry-After: 5\r\n"}
 )
 
 // admit applies the server-wide limits to a valid upgrade request and, if
 // it may go ahead, counts it as an open WebSocket connection.
-func (c *conn) admit() (reason int, err error) {
+func (c *Conn) admit() (reason int, err error) {
 	s := c.loop.s
 	switch {
 	case s.draining.Load():
@@ -460,7 +610,7 @@ func (c *conn) admit() (reason int, err error) {
 
 // upgradeToken takes a token from the loop's share of MaxAcceptRate. Each
 // loop refills its own bucket, so the limit costs no shared state.
-func (l *loop) upgradeToken() bool {
+func (l *Loop) upgradeToken() bool {
 	rate := l.s.cfg.MaxAcceptRate
 	if rate <= 0 {
 		return true
@@ -477,13 +627,13 @@ func (l *loop) upgradeToken() bool {
 }
 
 // refuse answers a request Herald will not upgrade, and counts why.
-func (c *conn) refuse(reason int, err error) {
+func (c *Conn) refuse(reason int, err error) {
 	c.loop.stats.refused[reason].Add(1)
 	c.answer(err)
 }
 
 // fail closes the connection because the client broke the protocol.
-func (c *conn) fail(err error) {
+func (c *Conn) fail(err error) {
 	var ce *codec.CloseError
 	if !errors.As(err, &ce) {
 		ce = &codec.CloseError{Code: ws.StatusInternalServerError, Reason: "internal error"}
@@ -492,17 +642,29 @@ func (c *conn) fail(err error) {
 	c.close(ce.Code, ce.Reason)
 }
 
-// close sends a close frame and starts the closing handshake.
-func (c *conn) close(code ws.StatusCode, reason string) {
+// close sends a close frame and waits for the peer's.
+func (c *Conn) close(code ws.StatusCode, reason string) {
 	l := c.loop
 	l.frame = codec.AppendClose(l.frame[:0], code, reason)
 	if c.write(l.frame) {
+		c.endWebSocket()
+		c.awaitClose = true
 		c.linger()
 	}
 }
 
+// endWebSocket marks the end of the WebSocket: the connection no longer
+// counts against MaxConns and nothing more is sent on it.
+func (c *Conn) endWebSocket() {
+	if c.upgraded() {
+		c.loop.s.wsConns.Add(-1)
+	}
+	c.releaseReader()
+	c.setState(stateClosing)
+}
+
 // answer sends an HTTP error and closes.
-func (c *conn) answer(err error) {
+func (c *Conn) answer(err error) {
 	var he *codec.HTTPError
 	if !errors.As(err, &he) {
 		he = &codec.HTTPError{Status: 400, Reason: err.Error()}
@@ -515,10 +677,11 @@ func (c *conn) answer(err error) {
 // finish sends a final HTTP answer from a pooled buffer and closes. gnet
 // copies whatever it cannot send at once, so the buffer goes back to the
 // pool right after the write.
-func (c *conn) finish(out *bytebufferpool.ByteBuffer) {
+func (c *Conn) finish(out *bytebufferpool.ByteBuffer) {
 	ok := c.write(out.B)
 	bytebufferpool.Put(out)
 	if ok {
+		c.endWebSocket()
 		c.linger()
 	}
 }
@@ -526,23 +689,38 @@ func (c *conn) finish(out *bytebufferpool.ByteBuffer) {
 // linger ends the connection once its final bytes are written. Closing the
 // socket while the peer's data is still unread would make the kernel send a
 // reset, which can destroy our close frame or HTTP answer in flight before
-// the peer reads it. So Herald half-closes instead, discards whatever else
-// arrives, and lets the peer hang up first; the sweep closes it after
-// CloseTimeout if the peer never does.
-func (c *conn) linger() {
-	c.releaseReader()
-	if c.state == stateOpen {
-		c.loop.s.wsConns.Add(-1)
-	}
-	c.setState(stateClosing)
+// the peer reads it. So Herald half-closes instead and lets the peer answer
+// or hang up first; the sweep closes it after CloseTimeout if it never
+// does.
+func (c *Conn) linger() {
 	c.deadline = c.loop.s.clock() + millis(c.loop.s.cfg.CloseTimeout)
 	c.shutdownWhenSent()
 }
 
 // shutdownWhenSent half-closes a closing connection once everything queued
 // for it is sent; until then the half-close would cut off the queue.
-func (c *conn) shutdownWhenSent() {
+func (c *Conn) shutdownWhenSent() {
 	if c.gc.OutboundBuffered() == 0 {
 		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
 	}
+}
+
+// cutSlowConsumer closes a connection whose unsent data passed the
+// outbound cap: it is not reading, and more data would let one client grow
+// the server's memory without bound. Nothing is added after the close
+// frame; a client that was only briefly slow still drains what it was sent
+// and learns why, and one that stays stuck is closed by the sweep.
+func (c *Conn) cutSlowConsumer() {
+	l := c.loop
+	l.stats.slowConsumers.Add(1)
+	// A network event can cut thousands at once: one line a second per
+	// loop, saying how many it stands for (the metric counts them all).
+	if now := l.s.clock(); l.slowLogged == 0 || due(now, l.slowLogged+1000) {
+		l.s.log.Warn("closing slow consumer", "remote", c.gc.RemoteAddr(), "outbound", c.gc.OutboundBuffered(),
+			"cap", l.s.cfg.MaxOutbound, "others_since_last_line", l.slowUnlogged)
+		l.slowLogged, l.slowUnlogged = max(now, 1), 0
+	} else {
+		l.slowUnlogged++
+	}
+	c.close(ws.StatusPolicyViolation, "slow consumer: outbound buffer over the cap")
 }

@@ -1,13 +1,15 @@
 // Package engine owns Herald's sockets: a gnet reactor whose event loops
 // accept TCP connections, answer plain HTTP and WebSocket upgrades on one
 // port, parse frames in place from gnet's buffers and write frames back.
+// What is spoken over an upgraded connection is an Endpoint's business: the
+// engine knows sockets, frames, limits and deadlines, not channels.
 //
 // There is no goroutine and no timer per connection. Each connection is a
 // small struct owned by the event loop it landed on; everything that touches
 // it runs on that loop, either in a gnet callback or in a task queued to the
-// loop. Deadlines (handshake timeout, the linger after a close frame) are kept
-// as numbers on the connection and enforced by a periodic sweep that each loop
-// runs over its own connections.
+// loop (Loop.Execute). Deadlines (handshake timeout, the linger after a
+// close frame, pings) are kept as numbers on the connection and enforced by
+// a periodic sweep that each loop runs over its own connections.
 package engine
 
 import (
@@ -15,8 +17,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/engine/gnetlog"
 )
 
 // Config says how a Server listens and what it accepts. The zero value of
@@ -33,7 +38,8 @@ type Config struct {
 	// Addr is the TCP address to listen on, host:port. Port 0 picks a free
 	// port; Server.Addr reports which.
 	Addr string
-	// Loops is the number of event loops; 0 means one per CPU.
+	// Loops is the number of event loops; 0 means one per CPU, at most
+	// MaxLoops.
 	Loops int
 	// MaxMessageSize caps an inbound message, in bytes, summed over its
 	// fragments. A larger one closes the connection with 1009.
@@ -43,29 +49,28 @@ type Config struct {
 	// is answered 431. Default codec.DefaultMaxHeadSize (8 KiB).
 	MaxHeadSize int
 	// HandshakeTimeout closes a connection that has not completed its HTTP
-	// request within it (slowloris). Default 5 s.
+	// request within it (slowloris), and answers 503 to an upgrade its
+	// endpoint has not accepted within it. Default DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 	// CloseTimeout bounds how long a connection lingers after Herald sent a
-	// close frame or a final HTTP answer, waiting for the peer to hang up
-	// first. Default 3 s.
+	// close frame (waiting for the peer's) or a final HTTP answer (waiting
+	// for the peer to hang up). Default DefaultCloseTimeout.
 	CloseTimeout time.Duration
 	// Echo serves EchoPath, which echoes every text and binary message back:
 	// the endpoint conformance suites such as Autobahn's test against.
 	Echo bool
-	// Channels is the message bus behind PushPath; nil serves no PushPath.
-	Channels Channels
-	// MaxChannels caps the channels one connection may subscribe to.
-	// Default 128.
-	MaxChannels int
-	// MaxOutbound caps the bytes waiting to be sent to one connection; a
-	// subscriber that falls further behind is closed with 1008. Default 1 MiB.
+	// Endpoints are the WebSocket protocols served, by exact request path.
+	Endpoints map[string]Endpoint
+	// MaxOutbound caps the bytes waiting to be sent to one connection; one
+	// that falls further behind is closed with 1008. Default
+	// DefaultMaxOutbound.
 	MaxOutbound int
 	// PingInterval is how long a WebSocket connection may stay silent
 	// before Herald pings it; any frame from the peer counts as life.
-	// Default 25 s, below common load balancer idle cut-offs.
+	// Default DefaultPingInterval, below common load balancer idle cut-offs.
 	PingInterval time.Duration
 	// PongTimeout is how long a pinged connection has to send anything
-	// before it is closed as dead. Default 10 s.
+	// before it is closed as dead. Default DefaultPongTimeout.
 	PongTimeout time.Duration
 	// MaxConns caps open WebSocket connections; upgrades past it are
 	// answered 503 with Retry-After. Default: the process's open-file
@@ -73,13 +78,20 @@ type Config struct {
 	MaxConns int
 	// MaxAcceptRate caps WebSocket upgrades per second, so a reconnect
 	// storm is turned away cheaply with 503 and Retry-After instead of
-	// starving connected clients. 0 means no limit.
+	// starving connected clients. 0 means DefaultMaxAcceptRate; a negative
+	// value means no limit.
 	MaxAcceptRate int
 	// CheckOrigin reports whether a browser page from origin may open a
 	// WebSocket; refused upgrades are answered 403. nil allows every origin.
 	// Requests without an Origin header (non-browser clients) are not
 	// checked.
 	CheckOrigin func(origin []byte) bool
+	// CheckUpgrade sees every upgrade request that passed RFC 6455's checks
+	// and CheckOrigin, headers and query, before any endpoint does: the
+	// place for authentication. It runs on an event loop, so it must not
+	// block. A *codec.HTTPError it returns is the answer; any other error
+	// is answered 400.
+	CheckUpgrade func(req *codec.Request) error
 	// HTTP answers plain HTTP GET requests on the same port, by exact path:
 	// the demo page, /metrics, /readyz. /healthz is built in.
 	HTTP map[string]HTTPHandler
@@ -96,15 +108,22 @@ type HTTPHandler func(dst []byte, req *codec.Request) (body []byte, status int, 
 // EchoPath is where the echo endpoint lives when Config.Echo is set.
 const EchoPath = "/echo"
 
+// Defaults of Config's zero values. The herald command's flags use them
+// too, so that the engine and its command line never disagree.
 const (
-	defaultHandshakeTimeout = 5 * time.Second
-	defaultCloseTimeout     = 3 * time.Second
-	defaultPingInterval     = 25 * time.Second
-	defaultPongTimeout      = 10 * time.Second
-	defaultMaxChannels      = 128
-	defaultMaxOutbound      = 1 << 20
-	// maxLoops is how many loops a channel's loop bitmask can name.
-	maxLoops = 64
+	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultCloseTimeout     = 3 * time.Second
+	DefaultPingInterval     = 25 * time.Second
+	DefaultPongTimeout      = 10 * time.Second
+	DefaultMaxOutbound      = 1 << 20
+	DefaultMaxAcceptRate    = 20_000
+)
+
+// MaxLoops is the most event loops a Server runs: endpoints may name loops
+// by a bit of a 64-bit mask.
+const MaxLoops = 64
+
+const (
 	// maxSweepInterval is how often each loop checks its connections'
 	// deadlines at most; shorter timeouts sweep more often.
 	maxSweepInterval = 250 * time.Millisecond
@@ -124,25 +143,25 @@ func (c *Config) setDefaults() {
 		c.MaxHeadSize = codec.DefaultMaxHeadSize
 	}
 	if c.HandshakeTimeout <= 0 {
-		c.HandshakeTimeout = defaultHandshakeTimeout
+		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if c.CloseTimeout <= 0 {
-		c.CloseTimeout = defaultCloseTimeout
+		c.CloseTimeout = DefaultCloseTimeout
 	}
 	if c.PingInterval <= 0 {
-		c.PingInterval = defaultPingInterval
+		c.PingInterval = DefaultPingInterval
 	}
 	if c.PongTimeout <= 0 {
-		c.PongTimeout = defaultPongTimeout
+		c.PongTimeout = DefaultPongTimeout
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = defaultMaxConns()
 	}
-	if c.MaxChannels <= 0 {
-		c.MaxChannels = defaultMaxChannels
-	}
 	if c.MaxOutbound <= 0 {
-		c.MaxOutbound = defaultMaxOutbound
+		c.MaxOutbound = DefaultMaxOutbound
+	}
+	if c.MaxAcceptRate == 0 {
+		c.MaxAcceptRate = DefaultMaxAcceptRate
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -165,7 +184,9 @@ type Server struct {
 	upgrader codec.Upgrader
 	readers  sync.Pool // *reader: state of messages that span callbacks
 	epoch    time.Time // the zero of clock
-	hub      *hub      // nil without Channels
+	// endpoints[i] serves the paths whose route is i+1.
+	endpoints []Endpoint
+	paths     map[string]uint8
 
 	// sweepEvery is how often loops sweep; sweepPeriod how long a sweep of
 	// all open connections may take, spread over that many sweeps.
@@ -179,7 +200,7 @@ type Server struct {
 	drainStart, drainSpread atomic.Int64
 
 	loopsMu sync.Mutex
-	loops   atomic.Pointer[[]*loop] // copy on write: read without a lock on every open
+	loops   atomic.Pointer[[]*Loop] // copy on write: read without a lock on every open
 
 	eng     gnet.Engine
 	addr    string
@@ -198,8 +219,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("engine: listen address %q: %w", cfg.Addr, err)
 	}
 	cfg.setDefaults()
-	if cfg.Loops > maxLoops {
-		return nil, fmt.Errorf("engine: %d event loops is over the most Herald supports, %d", cfg.Loops, maxLoops)
+	if cfg.Loops > MaxLoops {
+		return nil, fmt.Errorf("engine: %d event loops is over the most Herald supports, %d", cfg.Loops, MaxLoops)
 	}
 	if cfg.MaxHeadSize > maxHeadSizeLimit {
 		return nil, fmt.Errorf("engine: request head limit %d is over the most Herald supports, %d", cfg.MaxHeadSize, maxHeadSizeLimit)
@@ -216,10 +237,26 @@ func New(cfg Config) (*Server, error) {
 	s.sweepEvery = min(maxSweepInterval, cfg.HandshakeTimeout/4, cfg.CloseTimeout/4, s.sweepPeriod)
 	s.upgrader.CheckOrigin = cfg.CheckOrigin
 	s.readers.New = func() any { return new(reader) }
-	if cfg.Channels != nil {
-		s.hub = newHub(cfg.Channels)
+	s.paths = make(map[string]uint8)
+	endpoints := cfg.Endpoints
+	if cfg.Echo {
+		endpoints = maps.Clone(endpoints)
+		if endpoints == nil {
+			endpoints = make(map[string]Endpoint, 1)
+		}
+		endpoints[EchoPath] = echo{}
 	}
-	s.loops.Store(new([]*loop))
+	for _, path := range slices.Sorted(maps.Keys(endpoints)) {
+		if endpoints[path] == nil {
+			return nil, fmt.Errorf("engine: endpoint %q is nil", path)
+		}
+		if len(s.endpoints) == 255 {
+			return nil, errors.New("engine: more than 255 endpoints")
+		}
+		s.endpoints = append(s.endpoints, endpoints[path])
+		s.paths[path] = uint8(len(s.endpoints))
+	}
+	s.loops.Store(new([]*Loop))
 	return s, nil
 }
 
@@ -232,7 +269,7 @@ func (s *Server) Start() error {
 			gnet.WithNumEventLoop(s.cfg.Loops),
 			gnet.WithReuseAddr(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithLogger(gnetLogger{s.log}),
+			gnet.WithLogger(gnetlog.Logger{Log: s.log}),
 		)
 	}()
 	select {
@@ -264,13 +301,13 @@ func (s *Server) Stop(ctx context.Context) error {
 	var err error
 	s.stop.Do(func() {
 		close(s.stopped)
-		err = s.eng.Stop(ctx)
-		if err == nil {
-			select {
-			case <-s.done:
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
+		// gnet's Stop polls for the end of the loops every half second;
+		// gnet.Run returning says it at once.
+		go func() { _ = s.eng.Stop(ctx) }()
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			err = ctx.Err()
 		}
 	})
 	if err != nil {
@@ -304,17 +341,12 @@ type Stats struct {
 	Open              int64  // TCP connections open now, in any state
 	Upgraded          int64  // WebSocket connections open now
 	Accepted          uint64 // TCP connections accepted since Start
-	Deliveries        uint64 // messages written to subscribers
-	BytesOut          uint64 // bytes of those messages
-	SlowConsumers     uint64 // subscribers closed for falling behind
+	SlowConsumers     uint64 // connections closed for falling behind
 	Pings             uint64 // pings sent to silent connections
 	Reaped            uint64 // connections closed for not answering a ping
 	HandshakeTimeouts uint64 // connections closed before completing a request
 	// Refused counts refused upgrades by reason, named by RefusalReasons.
 	Refused [numRefusals]uint64
-	// Latency is the time from a message's arrival from the bus to its
-	// last write to a socket.
-	Latency Histogram
 }
 
 // Stats reads the counters. It takes no lock any loop takes.
@@ -323,8 +355,6 @@ func (s *Server) Stats() Stats {
 	for _, l := range *s.loops.Load() {
 		st.Open += l.stats.open.Load()
 		st.Accepted += l.stats.accepted.Load()
-		st.Deliveries += l.stats.deliveries.Load()
-		st.BytesOut += l.stats.bytesOut.Load()
 		st.SlowConsumers += l.stats.slowConsumers.Load()
 		st.Pings += l.stats.pings.Load()
 		st.Reaped += l.stats.reaped.Load()
@@ -332,14 +362,13 @@ func (s *Server) Stats() Stats {
 		for i := range st.Refused {
 			st.Refused[i] += l.stats.refused[i].Load()
 		}
-		l.stats.latency.addTo(&st.Latency)
 	}
 	return st
 }
 
 // loopFor returns the state Herald keeps for event loop el, creating it on
 // the first connection that loop sees: gnet cannot list its loops up front.
-func (s *Server) loopFor(el gnet.EventLoop) *loop {
+func (s *Server) loopFor(el gnet.EventLoop) *Loop {
 	for _, l := range *s.loops.Load() {
 		if l.el == el {
 			return l
@@ -354,7 +383,7 @@ func (s *Server) loopFor(el gnet.EventLoop) *loop {
 		}
 	}
 	l := newLoop(s, el, len(old))
-	grown := append(append(make([]*loop, 0, len(old)+1), old...), l)
+	grown := append(append(make([]*Loop, 0, len(old)+1), old...), l)
 	s.loops.Store(&grown)
 	return l
 }
@@ -376,23 +405,4 @@ func (s *Server) sweepLoops() {
 			}
 		}
 	}
-}
-
-// gnetLogger sends gnet's own logs to slog.
-type gnetLogger struct{ log *slog.Logger }
-
-func (g gnetLogger) Debugf(format string, args ...any) {
-	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
-}
-func (g gnetLogger) Infof(format string, args ...any) {
-	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
-}
-func (g gnetLogger) Warnf(format string, args ...any) {
-	g.log.Warn("gnet: " + fmt.Sprintf(format, args...))
-}
-func (g gnetLogger) Errorf(format string, args ...any) {
-	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
-}
-func (g gnetLogger) Fatalf(format string, args ...any) {
-	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
 }

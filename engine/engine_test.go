@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -16,35 +15,23 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gorilla/websocket"
+	"github.com/panjf2000/gnet/v2"
 
+	"github.com/herald-ws/herald/codec"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // startServer runs a real engine on a free loopback port for the test.
 func startServer(t testing.TB, cfg engine.Config) string {
 	t.Helper()
-	cfg.Addr = "127.0.0.1:0"
-	if cfg.Loops == 0 {
-		cfg.Loops = 2
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	srv, err := engine.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Stop(ctx); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return srv.Addr()
+	return startEngine(t, cfg).Addr()
+}
+
+// startEngine is startServer for tests that read the server's counters.
+func startEngine(t testing.TB, cfg engine.Config) *engine.Server {
+	t.Helper()
+	return enginetest.Start(t, cfg)
 }
 
 const upgradeRequest = "GET %s HTTP/1.1\r\nHost: herald.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
@@ -440,5 +427,142 @@ func BenchmarkEchoFrame(b *testing.B) {
 	b.StopTimer()
 	if echo[0] != 0x81 || !bytes.Equal(echo[2:], payload) {
 		b.Fatalf("echo %q", echo)
+	}
+}
+
+// RFC 6455 section 7.1.1: once the close handshake is complete the server
+// closes the TCP connection, whatever the client does with its socket.
+// Only the wait for the peer's close frame is bounded by CloseTimeout.
+func TestCloseHandshakeEndsTheConnectionAtOnce(t *testing.T) {
+	srv := startEngine(t, engine.Config{Echo: true, CloseTimeout: time.Minute})
+	gone := func(t *testing.T) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second) // far below the minute of CloseTimeout
+		for srv.Stats().Open != 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the server still holds the socket")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	t.Run("server closes, client echoes and keeps its socket", func(t *testing.T) {
+		c := dialRaw(t, srv.Addr())
+		c.upgrade("/echo", 0, nil)
+		c.writeChunked(clientFrame(ws.OpText, true, []byte("hi"), false), 0) // unmasked: 1002
+		h, p, err := c.readFrame()
+		if err != nil || h.OpCode != ws.OpClose {
+			t.Fatalf("want a close frame, got %v %v", h.OpCode, err)
+		}
+		// Data in flight before the echo is dropped; the echo ends it.
+		c.writeChunked(clientFrame(ws.OpText, true, make([]byte, 70_000), true), 0)
+		time.Sleep(50 * time.Millisecond)
+		if srv.Stats().Open != 1 {
+			t.Fatal("closed before the peer's close frame")
+		}
+		c.writeChunked(clientFrame(ws.OpClose, true, p[:2], true), 0)
+		gone(t)
+	})
+	t.Run("client closes and keeps its socket", func(t *testing.T) {
+		c := dialRaw(t, srv.Addr())
+		c.upgrade("/echo", 0, nil)
+		c.writeChunked(clientFrame(ws.OpClose, true, []byte{0x03, 0xe8}, true), 0)
+		c.expectClose(ws.StatusNormalClosure)
+		gone(t)
+	})
+	t.Run("client never answers: CloseTimeout", func(t *testing.T) {
+		srv := startEngine(t, engine.Config{Echo: true, CloseTimeout: 300 * time.Millisecond})
+		c := dialRaw(t, srv.Addr())
+		c.upgrade("/echo", 0, nil)
+		c.writeChunked(clientFrame(ws.OpText, true, []byte("hi"), false), 0)
+		start := time.Now()
+		c.expectClose(ws.StatusProtocolError)
+		for srv.Stats().Open != 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if waited := time.Since(start); waited < 250*time.Millisecond {
+			t.Fatalf("closed after %v, before the peer had CloseTimeout to answer", waited)
+		}
+	})
+}
+
+// laterEndpoint holds every upgrade until the test accepts or refuses it
+// from another goroutine, through the connection's loop.
+type laterEndpoint struct {
+	held chan *engine.Conn
+}
+
+func (e laterEndpoint) Upgrade(c *engine.Conn, _ *codec.Request) error {
+	e.held <- c
+	return engine.ErrAcceptLater
+}
+func (laterEndpoint) Message(c *engine.Conn, op ws.OpCode, p []byte) { c.SendFrame(op, p) }
+func (laterEndpoint) Closed(*engine.Conn)                            {}
+
+func TestEndpointAcceptsLater(t *testing.T) {
+	ep := laterEndpoint{held: make(chan *engine.Conn, 4)}
+	addr := startServer(t, engine.Config{
+		Endpoints:        map[string]engine.Endpoint{"/later": ep},
+		HandshakeTimeout: 500 * time.Millisecond,
+	})
+	run := func(c *engine.Conn, f func()) {
+		if err := c.Loop().Execute(gnet.RunnableFunc(func(context.Context) error { f(); return nil })); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Accepted: the 101 comes then, and a frame sent right behind the
+	// request waited for it.
+	c := dialRaw(t, addr)
+	c.writeChunked(append([]byte(strings.Replace(upgradeRequest, "%s", "/later", 1)), clientFrame(ws.OpText, true, []byte("early"), true)...), 0)
+	conn := <-ep.held
+	time.Sleep(50 * time.Millisecond)
+	if c.r.Buffered() > 0 {
+		t.Fatal("answered before Accept")
+	}
+	run(conn, conn.Accept)
+	resp, err := http.ReadResponse(c.r, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade answered %v, %v", resp, err)
+	}
+	c.expectMessage(ws.OpText, []byte("early"))
+
+	// Refused: the endpoint's error is the answer.
+	c = dialRaw(t, addr)
+	conn2 := make(chan struct{})
+	go func() {
+		conn := <-ep.held
+		run(conn, func() { conn.Refuse(&codec.HTTPError{Status: 409, Reason: "no"}) })
+		close(conn2)
+	}()
+	if resp := c.request(strings.Replace(upgradeRequest, "%s", "/later", 1)); resp.StatusCode != 409 {
+		t.Fatalf("refused upgrade answered %d", resp.StatusCode)
+	}
+	<-conn2
+
+	// Neither: the engine answers 503 after the handshake timeout.
+	c = dialRaw(t, addr)
+	go func() { <-ep.held }()
+	if resp := c.request(strings.Replace(upgradeRequest, "%s", "/later", 1)); resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("upgrade never accepted answered %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
+
+// CheckUpgrade sees the request's headers and query before any endpoint,
+// and its error is the answer.
+func TestCheckUpgradeSeesTheRequest(t *testing.T) {
+	addr := startServer(t, engine.Config{Echo: true, CheckUpgrade: func(req *codec.Request) error {
+		if string(req.RawQuery) == "token=good" && strings.Contains(string(req.Header("X-Test")), "yes") {
+			return nil
+		}
+		return &codec.HTTPError{Status: 401, Reason: "who are you"}
+	}})
+	req := func(query, header string) string {
+		return strings.Replace(strings.Replace(upgradeRequest, "%s", "/echo?"+query, 1), "\r\n\r\n", "\r\n"+header+"\r\n\r\n", 1)
+	}
+	if resp := dialRaw(t, addr).request(req("token=bad", "X-Test: yes")); resp.StatusCode != 401 {
+		t.Fatalf("bad token answered %d, want 401", resp.StatusCode)
+	}
+	if resp := dialRaw(t, addr).request(req("token=good", "X-Test: yes")); resp.StatusCode != 101 {
+		t.Fatalf("good token answered %d, want 101", resp.StatusCode)
 	}
 }

@@ -6,22 +6,11 @@ import (
 	"github.com/herald-ws/herald/codec"
 )
 
-// route tells which WebSocket endpoint a request path names, or 0 for none.
-func (s *Server) route(path []byte) uint8 {
-	switch {
-	case s.cfg.Echo && string(path) == EchoPath:
-		return routeEcho
-	case s.hub != nil && string(path) == PushPath:
-		return routePush
-	}
-	return 0
-}
-
 // serveHTTP answers a request for anything but a WebSocket endpoint. Herald
 // shares its port with the few plain HTTP paths operators, load balancers
 // and the demo page need, answers each request on its own connection and
 // closes it.
-func (c *conn) serveHTTP(req *codec.Request) {
+func (c *Conn) serveHTTP(req *codec.Request) {
 	path := string(req.Path)
 	handler := c.loop.s.cfg.HTTP[path]
 	if handler == nil && path != "/healthz" {
@@ -45,7 +34,7 @@ func (c *conn) serveHTTP(req *codec.Request) {
 }
 
 // respond sends a complete HTTP answer and closes.
-func (c *conn) respond(status int, contentType string, body []byte) {
+func (c *Conn) respond(status int, contentType string, body []byte) {
 	out := bytebufferpool.Get()
 	out.B = codec.AppendResponse(out.B, status, contentType, "", body)
 	c.finish(out)

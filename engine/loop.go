@@ -1,30 +1,40 @@
 package engine
 
 import (
-	"sync"
+	"context"
 	"sync/atomic"
 
 	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/bytebufferpool"
 
 	"github.com/herald-ws/herald/codec"
 )
 
-// loop is the state Herald keeps for one gnet event loop. Only that loop's
-// goroutine touches it, so nothing here is locked.
-type loop struct {
+// Loop is the state Herald keeps for one gnet event loop. Only that loop's
+// goroutine touches it, so nothing here is locked; other goroutines reach
+// a loop only through Execute.
+type Loop struct {
 	s     *Server
 	el    gnet.EventLoop
-	index int    // position in Server.loops, and bit in channel.loops
+	index int    // position in Server.loops
 	now   uint32 // Server.clock as of the last sweep
 	// partial holds the readers of messages that span callbacks, which few
 	// connections have at any time.
-	partial map[*conn]*reader
+	partial map[*Conn]*reader
+	// accepting holds the 101 answers of upgrades an endpoint has not
+	// accepted yet, which few connections have at any time.
+	accepting map[*Conn]*bytebufferpool.ByteBuffer
+	// skipping holds, for closing connections in the middle of a frame
+	// they sent after Herald's close frame, how many bytes of it are left
+	// to drop.
+	skipping map[*Conn]int64
 
-	// Every connection is on one of two lists; conn.slot is its index there.
-	// The few handshaking and closing ones are checked on every sweep; the
-	// many open ones a slice at a time, from cursor on (see sweep).
-	pending []*conn
-	conns   []*conn
+	// Every connection is on one of two lists; Conn.slot is its index
+	// there. The few handshaking, accepting and closing ones are checked on
+	// every sweep; the many open ones a slice at a time, from cursor on (see
+	// sweep).
+	pending []*Conn
+	conns   []*Conn
 	cursor  int
 	drain   drainState
 
@@ -35,26 +45,13 @@ type loop struct {
 	// The loop's share of MaxAcceptRate, as a token bucket.
 	tokens   float64
 	tokensAt int64
-	topics   map[string]*topic // subscribers on this loop, by channel pattern
 	stats    loopStats
-
-	// The inbox is the one place other goroutines reach into a loop: the
-	// bus appends deliveries, and the loop takes the whole batch at once.
-	inboxMu      sync.Mutex
-	inbox        []*delivery
-	flushPending bool
-	spare        []*delivery // the previous batch's slice, reused
-	groups       []group
-	joined       []byte // a topic's frames of one batch, back to back
-	joinedRaw    []byte
-	flushTask    gnet.Runnable
 
 	// Scratch space reused by every connection on the loop: a frame being
 	// written, a decoder for messages that fit in one callback, a parsed
 	// request head. gnet copies what it cannot send at once, so a buffer is
 	// free again as soon as the write returns.
 	frame   []byte
-	reply   []byte
 	iov     [][]byte
 	decoder codec.Decoder
 	request codec.Request
@@ -62,20 +59,33 @@ type loop struct {
 	sweepTask gnet.Runnable
 }
 
-func newLoop(s *Server, el gnet.EventLoop, index int) *loop {
-	l := &loop{
-		s:       s,
-		el:      el,
-		index:   index,
-		topics:  make(map[string]*topic),
-		now:     s.clock(),
-		partial: make(map[*conn]*reader),
-		frame:   make([]byte, 0, 256),
-		iov:     make([][]byte, 0, 8),
+func newLoop(s *Server, el gnet.EventLoop, index int) *Loop {
+	l := &Loop{
+		s:         s,
+		el:        el,
+		index:     index,
+		now:       s.clock(),
+		partial:   make(map[*Conn]*reader),
+		accepting: make(map[*Conn]*bytebufferpool.ByteBuffer),
+		skipping:  make(map[*Conn]int64),
+		frame:     make([]byte, 0, 256),
+		iov:       make([][]byte, 0, 8),
 	}
 	l.sweepTask = gnet.RunnableFunc(l.sweep)
-	l.flushTask = gnet.RunnableFunc(l.flush)
 	return l
+}
+
+// Index is the loop's number, from 0 to the server's loop count less one:
+// stable for the server's life, so endpoints may index their own per-loop
+// state by it.
+func (l *Loop) Index() int { return l.index }
+
+// Execute runs task on the loop, from any goroutine, after the callbacks
+// and tasks already queued there. It is how work done elsewhere (a message
+// from a bus, the answer to a subscription) reaches the loop's connections.
+// It fails only once the server is stopping.
+func (l *Loop) Execute(task gnet.Runnable) error {
+	return l.el.Execute(context.Background(), task)
 }
 
 // loopStats are a loop's counters. Only the loop adds to them, so the
@@ -84,12 +94,9 @@ func newLoop(s *Server, el gnet.EventLoop, index int) *loop {
 type loopStats struct {
 	open              atomic.Int64 // TCP connections, in any state
 	accepted          atomic.Uint64
-	deliveries        atomic.Uint64
-	bytesOut          atomic.Uint64
 	slowConsumers     atomic.Uint64
 	pings             atomic.Uint64
 	reaped            atomic.Uint64
 	handshakeTimeouts atomic.Uint64
 	refused           [numRefusals]atomic.Uint64
-	latency           histogram
 }

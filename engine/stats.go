@@ -1,27 +1,23 @@
 package engine
 
-import (
-	"sync/atomic"
-	"time"
-)
-
 // Why an upgrade was refused, for the refused-upgrades counters.
 const (
-	refusedBadRequest = iota // malformed request or handshake (400, 505)
-	refusedNotFound          // no such path (404)
-	refusedForbidden         // Origin not allowed (403)
-	refusedVersion           // WebSocket version other than 13 (426)
-	refusedTooLarge          // request head over the cap (431)
-	refusedConnLimit         // --max-conns reached (503)
-	refusedRateLimit         // --max-accept-rate reached (503)
-	refusedDraining          // shutting down (503)
+	refusedBadRequest  = iota // malformed request or handshake (400, 505)
+	refusedNotFound           // no such path (404)
+	refusedForbidden          // Origin or CheckUpgrade said no (401, 403)
+	refusedVersion            // WebSocket version other than 13 (426)
+	refusedTooLarge           // request head over the cap (431)
+	refusedConnLimit          // --max-conns reached (503)
+	refusedRateLimit          // --max-accept-rate reached (503)
+	refusedDraining           // shutting down (503)
+	refusedUnavailable        // the endpoint could not accept in time, or said so (503)
 	numRefusals
 )
 
 // RefusalReasons names the refused-upgrade counters of Stats.Refused, in
 // order.
 var RefusalReasons = [numRefusals]string{
-	"bad_request", "not_found", "forbidden", "version", "too_large", "conn_limit", "rate_limit", "draining",
+	"bad_request", "not_found", "forbidden", "version", "too_large", "conn_limit", "rate_limit", "draining", "unavailable",
 }
 
 // refusalFor classifies an HTTP error status.
@@ -29,52 +25,14 @@ func refusalFor(status int) int {
 	switch status {
 	case 404:
 		return refusedNotFound
-	case 403:
+	case 401, 403:
 		return refusedForbidden
 	case 426:
 		return refusedVersion
 	case 431:
 		return refusedTooLarge
+	case 503:
+		return refusedUnavailable
 	}
 	return refusedBadRequest
-}
-
-// LatencyBuckets are the upper bounds of the delivery latency histogram:
-// from a message's arrival from the bus to its last write to a socket.
-var LatencyBuckets = [...]time.Duration{
-	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
-	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
-	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
-	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
-	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
-}
-
-// histogram counts durations into LatencyBuckets. Each loop has its own,
-// so observing touches no memory another loop writes.
-type histogram struct {
-	counts [len(LatencyBuckets) + 1]atomic.Uint64 // the last one: over every bound
-	sum    atomic.Int64                           // nanoseconds
-}
-
-func (h *histogram) observe(d time.Duration) {
-	i := 0
-	for i < len(LatencyBuckets) && d > LatencyBuckets[i] {
-		i++
-	}
-	h.counts[i].Add(1)
-	h.sum.Add(int64(d))
-}
-
-// Histogram is a snapshot of a latency histogram: Counts[i] is the number
-// of observations in bucket i (not cumulative), the last past every bound.
-type Histogram struct {
-	Counts [len(LatencyBuckets) + 1]uint64
-	Sum    time.Duration
-}
-
-func (h *histogram) addTo(out *Histogram) {
-	for i := range h.counts {
-		out.Counts[i] += h.counts[i].Load()
-	}
-	out.Sum += time.Duration(h.sum.Load())
 }

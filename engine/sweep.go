@@ -8,7 +8,7 @@ import (
 )
 
 // track puts c on the list its state belongs to.
-func (l *loop) track(c *conn) {
+func (l *Loop) track(c *Conn) {
 	list := &l.pending
 	if c.state == stateOpen {
 		list = &l.conns
@@ -19,7 +19,7 @@ func (l *loop) track(c *conn) {
 
 // untrack takes c off its list, moving the list's last connection into its
 // place.
-func (l *loop) untrack(c *conn) {
+func (l *Loop) untrack(c *Conn) {
 	list := &l.pending
 	if c.state == stateOpen {
 		list = &l.conns
@@ -33,7 +33,7 @@ func (l *loop) untrack(c *conn) {
 }
 
 // setState moves c to a new state, and to the list that state belongs to.
-func (c *conn) setState(state uint8) {
+func (c *Conn) setState(state uint8) {
 	c.loop.untrack(c)
 	c.state = state
 	c.loop.track(c)
@@ -42,7 +42,7 @@ func (c *conn) setState(state uint8) {
 // alive records that the peer sent something: its next ping is a whole
 // interval away. The loop's clock is at most one sweep old, which is far
 // finer than ping intervals.
-func (c *conn) alive() {
+func (c *Conn) alive() {
 	c.deadline = c.loop.now + millis(c.loop.s.cfg.PingInterval)
 	c.pinged = false
 }
@@ -65,7 +65,7 @@ func due(now, deadline uint32) bool { return int32(now-deadline) >= 0 }
 // is sized so that every open connection is visited once per sweep period,
 // which spreads pings over time however many connections arrived at once
 // and keeps each sweep's cost small.
-func (l *loop) sweep(context.Context) error {
+func (l *Loop) sweep(context.Context) error {
 	l.now = l.s.clock()
 	now := l.now
 	// Backwards, because closing a connection moves the last one into its
@@ -78,11 +78,20 @@ func (l *loop) sweep(context.Context) error {
 		if c.state == stateClosing {
 			c.shutdownWhenSent()
 		}
-		if due(now, c.deadline) {
-			if c.state == stateHandshake {
-				l.stats.handshakeTimeouts.Add(1)
-				l.s.log.Debug("handshake timeout", "remote", c.gc.RemoteAddr())
-			}
+		if !due(now, c.deadline) {
+			continue
+		}
+		switch c.state {
+		case stateAccepting:
+			// The endpoint could not get ready (say, a subscription the bus
+			// has not confirmed): tell the client to come back.
+			l.s.log.Debug("upgrade not accepted in time", "remote", c.gc.RemoteAddr())
+			c.Refuse(errAcceptTimeout)
+		case stateHandshake:
+			l.stats.handshakeTimeouts.Add(1)
+			l.s.log.Debug("handshake timeout", "remote", c.gc.RemoteAddr())
+			_ = l.el.Close(c.gc)
+		default:
 			_ = l.el.Close(c.gc)
 		}
 	}
@@ -94,7 +103,7 @@ func (l *loop) sweep(context.Context) error {
 }
 
 // sweepOpen visits the next share of open connections.
-func (l *loop) sweepOpen(now uint32) {
+func (l *Loop) sweepOpen(now uint32) {
 	n := len(l.conns)
 	if n == 0 {
 		return
@@ -117,7 +126,7 @@ func (l *loop) sweepOpen(now uint32) {
 			c.pinged = true
 			c.deadline = now + millis(l.s.cfg.PongTimeout)
 			l.stats.pings.Add(1)
-			c.writeFrame(ws.OpPing, nil)
+			c.SendFrame(ws.OpPing, nil)
 		}
 		// A close, or a failed ping write, moved another connection into
 		// this slot: visit it next rather than skip it.
@@ -137,7 +146,7 @@ type drainState struct {
 // drainStep closes the share of the loop's open connections that the
 // elapsed part of the drain calls for, so that closes, and the reconnects
 // they cause elsewhere, are spread evenly over the drain timeout.
-func (l *loop) drainStep(now int64) {
+func (l *Loop) drainStep(now int64) {
 	d := &l.drain
 	if !d.started {
 		d.started, d.total = true, len(l.conns)
@@ -157,8 +166,9 @@ func (l *loop) drainStep(now int64) {
 // with Retry-After) and closes the open ones with 1001 "going away",
 // spread evenly over spread, so that clients do not all come back in the
 // same second. It returns once every connection has closed, or CloseTimeout
-// after the last close frame went out (a client that never hangs up is
-// left for Stop), or with ctx's error.
+// after the last close frame went out (a client that never answers is left
+// for Stop), or with ctx's error: give it a deadline to bound the whole
+// shutdown.
 func (s *Server) Drain(ctx context.Context, spread time.Duration) error {
 	s.drainSpread.Store(int64(spread))
 	s.drainStart.Store(time.Now().UnixNano())

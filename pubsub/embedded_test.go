@@ -2,8 +2,10 @@ package pubsub
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,11 +13,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/herald-ws/herald/codec/channel"
 )
 
-func startEmbeddedBroker(t *testing.T, rec *recorder) (*Broker, *logCapture) {
+func startEmbeddedBroker(t *testing.T, h Handler) (*Broker, *logCapture) {
 	t.Helper()
-	return startBroker(t, Config{Listen: "127.0.0.1:-1", Handler: rec.handle})
+	return startBroker(t, Config{Listen: "127.0.0.1:-1", Handler: h})
 }
 
 func TestEmbeddedDelivery(t *testing.T) {
@@ -34,17 +38,13 @@ func TestEmbeddedDelivery(t *testing.T) {
 	}
 
 	base := b.ns.NumSubscriptions()
-	for _, p := range []string{"prices.AAPL", "prices.*", "game.>"} {
-		if err := b.Acquire(p); err != nil {
-			t.Fatalf("Acquire(%q): %v", p, err)
-		}
-	}
-	mustFlush(t, b)
+	subscribe(t, b, rec, 1, "prices.AAPL", "prices.*", "game.>")
 	if got := b.Channels(); got != 3 {
 		t.Errorf("Channels() = %d, want 3", got)
 	}
+	// Live means the server has them: no round trip of our own needed.
 	if got := b.ns.NumSubscriptions(); got != base+3 {
-		t.Errorf("server has %d subscriptions, want %d", got, base+3)
+		t.Errorf("server has %d subscriptions after Live, want %d", got, base+3)
 	}
 
 	publish(t, url,
@@ -53,83 +53,93 @@ func TestEmbeddedDelivery(t *testing.T) {
 		"prices.AAPL.bid", "3", // too deep for prices.*, no subscription for it
 		"other", "4",
 	)
-	rec.expect(t,
-		message{"prices.AAPL", "prices.AAPL", "1"},
-		message{"prices.*", "prices.AAPL", "1"},
-		message{"game.>", "game.7.move", "2"},
+	rec.expectCopies(t,
+		msg("prices.AAPL", "1", 1),
+		msg("prices.AAPL", "1", 2),
+		msg("game.7.move", "2", 3),
 	)
 	rec.expectNone(t, 100*time.Millisecond)
 	if got := b.Stats().MessagesIn; got != 3 {
-		t.Errorf("Stats().MessagesIn = %d, want 3", got)
+		t.Errorf("Stats().MessagesIn = %d, want 3 (copies)", got)
 	}
 }
 
-func TestEmbeddedRefcount(t *testing.T) {
+// TestSubscribeSamePatternTwice: each id is its own NATS subscription, so
+// one pattern under two ids gets a copy for each, and unsubscribing one
+// leaves the other.
+func TestSubscribeSamePatternTwice(t *testing.T) {
 	rec := newRecorder()
 	b, _ := startEmbeddedBroker(t, rec)
 	url := b.ClientURL()
 	base := b.ns.NumSubscriptions()
 
-	// Two users, one leaves: the subscription stays.
-	for range 2 {
-		if err := b.Acquire("news.eu"); err != nil {
-			t.Fatal(err)
-		}
+	subscribe(t, b, rec, 1, "news.eu", "news.eu")
+	if got := b.ns.NumSubscriptions(); got != base+2 {
+		t.Fatalf("two Subscribes of one pattern: server has %d subscriptions, want %d", got, base+2)
 	}
-	mustFlush(t, b)
-	if got := b.ns.NumSubscriptions(); got != base+1 {
-		t.Fatalf("two Acquires of one channel: server has %d subscriptions, want %d", got, base+1)
-	}
-	b.Release("news.eu")
-	mustFlush(t, b)
-	if got, n := b.Channels(), b.ns.NumSubscriptions(); got != 1 || n != base+1 {
-		t.Fatalf("after one Release: Channels() = %d, server subscriptions = %d; want 1, %d", got, n, base+1)
-	}
-	publish(t, url, "news.eu", "still here")
-	rec.expect(t, message{"news.eu", "news.eu", "still here"})
+	publish(t, url, "news.eu", "both")
+	rec.expectCopies(t, msg("news.eu", "both", 1), msg("news.eu", "both", 2))
 
-	// The last user leaves: unsubscribed locally and on the server.
-	b.Release("news.eu")
-	mustFlush(t, b)
-	if got := b.Channels(); got != 0 {
-		t.Fatalf("after last Release: Channels() = %d, want 0", got)
+	b.Unsubscribe(1)
+	if got := b.Channels(); got != 1 {
+		t.Fatalf("after one Unsubscribe: Channels() = %d, want 1", got)
 	}
+	waitFor(t, "the server to drop one subscription", func() bool { return b.ns.NumSubscriptions() == base+1 })
+	publish(t, url, "news.eu", "one")
+	rec.expect(t, msg("news.eu", "one", 2))
+
+	b.Unsubscribe(2)
 	waitFor(t, "the server to drop the subscription", func() bool { return b.ns.NumSubscriptions() == base })
+	if got := b.Channels(); got != 0 {
+		t.Fatalf("after the last Unsubscribe: Channels() = %d, want 0", got)
+	}
 	publish(t, url, "news.eu", "gone")
 	rec.expectNone(t, 200*time.Millisecond)
 
-	// Releasing what is not held is a no-op; re-acquiring works.
-	b.Release("news.eu")
-	b.Release("never.held")
-	if err := b.Acquire("news.eu"); err != nil {
-		t.Fatal(err)
-	}
-	mustFlush(t, b)
+	// Unknown ids are ignored; an id can be used again.
+	b.Unsubscribe(1)
+	b.Unsubscribe(99)
+	subscribe(t, b, rec, 1, "news.eu")
 	publish(t, url, "news.eu", "back")
-	rec.expect(t, message{"news.eu", "news.eu", "back"})
+	rec.expect(t, msg("news.eu", "back", 1))
+	if errs := rec.lives(1); len(errs) != 2 || errs[0] != nil || errs[1] != nil {
+		t.Errorf("Lives of id 1 (subscribed twice) = %v, want two nil", errs)
+	}
 }
 
-func TestAcquireValidates(t *testing.T) {
-	b, _ := startEmbeddedBroker(t, newRecorder())
-	for _, p := range []string{"", "a..b", "a.>.b", "a b"} {
-		err := b.Acquire(p)
-		var ce *ChannelError
-		if !errors.As(err, &ce) || ce.Code != CodeInvalidChannel {
-			t.Errorf("Acquire(%q) = %v, want a %s ChannelError", p, err, CodeInvalidChannel)
+func TestSubscribeValidates(t *testing.T) {
+	rec := newRecorder()
+	b, _ := startEmbeddedBroker(t, rec)
+	patterns := []string{"", "a..b", "a.>.b", "a b"}
+	for i, p := range patterns {
+		b.Subscribe(uint64(i), p)
+	}
+	got := rec.waitLive(t, 0, 1, 2, 3)
+	for i, p := range patterns {
+		var ce *channel.Error
+		err := got[uint64(i)]
+		if !errors.As(err, &ce) || ce.Code != channel.CodeInvalidChannel || !strings.HasPrefix(err.Error(), fmt.Sprintf("pubsub: subscribe (id %d): ", i)) {
+			t.Errorf("Live for Subscribe(%q) = %v, want a %s ChannelError with context", p, err, channel.CodeInvalidChannel)
 		}
 	}
 	if got := b.Channels(); got != 0 {
-		t.Errorf("Channels() = %d after invalid Acquires, want 0", got)
+		t.Errorf("Channels() = %d after invalid Subscribes, want 0", got)
 	}
+	// A second Subscribe under an id in use is refused; the first stays.
+	subscribe(t, b, rec, 10, "ok")
+	b.Subscribe(10, "other")
+	rec.wait(t, "the duplicate's answer", func(events []event) bool { return countLives(events, 10) == 2 })
+	if errs := rec.lives(10); errs[1] == nil || !strings.Contains(errs[1].Error(), "already subscribed") {
+		t.Errorf("Live for a duplicate id = %v, want an error", errs[1])
+	}
+	publish(t, b.ClientURL(), "ok", "still")
+	rec.expect(t, msg("ok", "still", 10))
 }
 
 func TestBrokerPublish(t *testing.T) {
 	rec := newRecorder()
 	b, _ := startEmbeddedBroker(t, rec)
-	if err := b.Acquire("chat.*"); err != nil {
-		t.Fatal(err)
-	}
-	mustFlush(t, b)
+	subscribe(t, b, rec, 1, "chat.*")
 	// A separate client sees the broker's publishes too.
 	other := connect(t, b.ClientURL())
 	sub, err := other.SubscribeSync("chat.room1")
@@ -144,51 +154,59 @@ func TestBrokerPublish(t *testing.T) {
 		t.Fatalf("Publish: %v", err)
 	}
 	mustFlush(t, b)
-	rec.expect(t, message{"chat.*", "chat.room1", "hi"})
+	rec.expect(t, msg("chat.room1", "hi", 1))
 	if m, err := sub.NextMsg(waitTimeout); err != nil || string(m.Data) != "hi" {
 		t.Fatalf("separate client: %v, %v", m, err)
 	}
 
 	for subject, code := range map[string]string{
-		"chat.*": CodeWildcardsDisabled,
-		"chat.>": CodeWildcardsDisabled,
-		"":       CodeInvalidChannel,
-		"chat.":  CodeInvalidChannel,
+		"chat.*": channel.CodeWildcardsDisabled,
+		"chat.>": channel.CodeWildcardsDisabled,
+		"":       channel.CodeInvalidChannel,
+		"chat.":  channel.CodeInvalidChannel,
 	} {
 		err := b.Publish(subject, []byte("x"))
-		var ce *ChannelError
+		var ce *channel.Error
 		if !errors.As(err, &ce) || ce.Code != code {
 			t.Errorf("Publish(%q) = %v, want code %s", subject, err, code)
 		}
 	}
 }
 
-// TestSlowConsumer fills a subscription past its pending limit while the
+// stuckHandler blocks every Message until unblock is closed.
+type stuckHandler struct {
+	unblock   chan struct{}
+	delivered atomic.Int64
+	live      chan uint64
+}
+
+func (h *stuckHandler) Message(subject string, data []byte, subs []uint64) {
+	<-h.unblock
+	h.delivered.Add(int64(len(subs)))
+}
+
+func (h *stuckHandler) Live(id uint64, err error) { h.live <- id }
+
+// TestSlowConsumer fills the shared channel past its capacity while the
 // Handler is stuck: NATS drops, the broker counts every drop and warns once
 // (rate-limited), and the connection stays up.
 func TestSlowConsumer(t *testing.T) {
 	const total = 200
-	unblock := make(chan struct{})
-	var delivered atomic.Int64
-	b, logs := startBroker(t, Config{
-		Listen:      "127.0.0.1:-1",
-		PendingMsgs: 4,
-		Handler: func(pattern, subject string, data []byte) {
-			<-unblock
-			delivered.Add(1)
-		},
-	})
+	h := &stuckHandler{unblock: make(chan struct{}), live: make(chan uint64, 1)}
+	b, logs := startBroker(t, Config{Listen: "127.0.0.1:-1", PendingMsgs: 4, Handler: h})
 	defer func() {
 		select {
-		case <-unblock:
+		case <-h.unblock:
 		default:
-			close(unblock) // never leave Close waiting on a stuck Handler
+			close(h.unblock) // never leave Close waiting on a stuck Handler
 		}
 	}()
-	if err := b.Acquire("slow.x"); err != nil {
-		t.Fatal(err)
+	b.Subscribe(1, "slow.x")
+	select {
+	case <-h.live:
+	case <-time.After(waitTimeout):
+		t.Fatal("no Live")
 	}
-	mustFlush(t, b)
 
 	args := make([]string, 0, 2*total)
 	for range total {
@@ -198,13 +216,13 @@ func TestSlowConsumer(t *testing.T) {
 	// With the Handler stuck on the first message and 4 pending, nearly all
 	// of them must be dropped (and counted) once they reach the client.
 	waitFor(t, "drops to be counted", func() bool { return b.Stats().Dropped >= total-10 })
-	close(unblock)
+	close(h.unblock)
 	waitFor(t, "delivered + dropped to add up", func() bool {
-		return uint64(delivered.Load())+b.Stats().Dropped == total
+		return uint64(h.delivered.Load())+b.Stats().Dropped == total
 	})
 	st := b.Stats()
-	if st.MessagesIn != uint64(delivered.Load()) {
-		t.Errorf("MessagesIn = %d, Handler saw %d", st.MessagesIn, delivered.Load())
+	if st.MessagesIn != uint64(h.delivered.Load()) {
+		t.Errorf("MessagesIn = %d, Handler saw %d", st.MessagesIn, h.delivered.Load())
 	}
 	if !b.Connected() {
 		t.Error("a slow consumer must not lose the connection")
@@ -214,26 +232,28 @@ func TestSlowConsumer(t *testing.T) {
 	if len(warns) != 1 {
 		t.Fatalf("got %d drop warnings, want exactly 1 (rate-limited):\n%s", len(warns), logs)
 	}
-	if warns[0].level != slog.LevelWarn || warns[0].attrs["channel"] != "slow.x" {
-		t.Errorf("drop warning = %+v, want warn level with channel slow.x", warns[0])
+	if warns[0].level != slog.LevelWarn || warns[0].attrs["channel"] != "slow.x" || warns[0].attrs["limit_msgs"] != "4" {
+		t.Errorf("drop warning = %+v, want warn level with channel slow.x and limit_msgs 4", warns[0])
 	}
 }
 
 func TestClose(t *testing.T) {
-	b, _ := startEmbeddedBroker(t, newRecorder())
-	if err := b.Acquire("a.b"); err != nil {
-		t.Fatal(err)
-	}
+	rec := newRecorder()
+	b, _ := startEmbeddedBroker(t, rec)
+	subscribe(t, b, rec, 1, "a.b")
 	addr := strings.TrimPrefix(b.ClientURL(), "nats://")
 	b.Close()
 	b.Close() // idempotent
 	if b.Connected() {
 		t.Error("Connected() after Close")
 	}
-	if err := b.Acquire("a.c"); !errors.Is(err, ErrClosed) {
-		t.Errorf("Acquire after Close = %v, want ErrClosed", err)
+	n := len(rec.history())
+	b.Subscribe(2, "a.c") // no-op, no answer, no panic
+	b.Unsubscribe(1)
+	time.Sleep(50 * time.Millisecond)
+	if got := rec.history(); len(got) != n {
+		t.Errorf("Handler called after Close: %v", got[n:])
 	}
-	b.Release("a.b") // no-op, no panic
 	if b.Channels() != 0 {
 		t.Errorf("Channels() = %d after Close", b.Channels())
 	}
@@ -247,7 +267,11 @@ func TestStartErrors(t *testing.T) {
 	if _, err := Start(Config{Listen: "127.0.0.1:-1"}); err == nil {
 		t.Error("Start without Handler succeeded")
 	}
-	noop := func(string, string, []byte) {}
+	if _, err := Start(Config{Listen: "127.0.0.1:-1", PendingMsgs: -1, Handler: nopHandler{}}); err == nil ||
+		!strings.Contains(err.Error(), "PendingMsgs") {
+		t.Errorf("Start with negative PendingMsgs: err = %v", err)
+	}
+	noop := nopHandler{}
 	if _, err := Start(Config{Listen: "no-port", Handler: noop}); err == nil ||
 		!strings.HasPrefix(err.Error(), "pubsub: start embedded nats server on no-port: ") {
 		t.Errorf("bad Listen: err = %v", err)
@@ -341,44 +365,66 @@ func TestReconnectDelay(t *testing.T) {
 	}
 }
 
-// TestConcurrentAcquireRelease hammers the refcounts from several goroutines
-// (as several event loops would) and checks that exactly the channels still
-// held remain subscribed, locally and on the server.
-func TestConcurrentAcquireRelease(t *testing.T) {
-	b, _ := startEmbeddedBroker(t, newRecorder())
+// TestConcurrentSubscribeUnsubscribe hammers Subscribe and Unsubscribe from
+// several goroutines (as several event loops would): every Subscribe gets
+// exactly one Live, and exactly the subscriptions still held remain,
+// locally and on the server.
+func TestConcurrentSubscribeUnsubscribe(t *testing.T) {
+	rec := newRecorder()
+	b, _ := startEmbeddedBroker(t, rec)
 	base := b.ns.NumSubscriptions()
 	patterns := []string{"c.1", "c.2", "c.*", "c.>"}
+	const goroutines, rounds = 8, 200
 	var wg sync.WaitGroup
-	for g := range 8 {
+	for g := range goroutines {
 		wg.Go(func() {
-			for i := range 200 {
-				p := patterns[(g+i)%len(patterns)]
-				if err := b.Acquire(p); err != nil {
-					t.Error(err)
-					return
+			for i := range rounds {
+				id := uint64(g*rounds + i)
+				b.Subscribe(id, patterns[(g+i)%len(patterns)])
+				if i%2 == 0 {
+					runtime.Gosched() // some go live before they are ended
 				}
-				b.Release(p)
+				b.Unsubscribe(id)
 			}
-			// Each goroutine ends holding one channel.
-			if err := b.Acquire(patterns[g%len(patterns)]); err != nil {
-				t.Error(err)
-			}
+			// Each goroutine ends holding one subscription.
+			b.Subscribe(uint64(1_000_000+g), patterns[g%len(patterns)])
 		})
 	}
 	wg.Wait()
-	mustFlush(t, b)
-	if got := b.Channels(); got != len(patterns) {
-		t.Fatalf("Channels() = %d, want %d", got, len(patterns))
+	ids := make([]uint64, 0, goroutines*(rounds+1))
+	for g := range goroutines {
+		for i := range rounds {
+			ids = append(ids, uint64(g*rounds+i))
+		}
+		ids = append(ids, uint64(1_000_000+g))
+	}
+	got := rec.waitLive(t, ids...)
+	for _, id := range ids {
+		err := got[id]
+		switch {
+		case id >= 1_000_000 && err != nil:
+			t.Errorf("Live(%d) = %v for a subscription kept", id, err)
+		case id < 1_000_000 && err != nil && !errors.Is(err, ErrUnsubscribed):
+			t.Errorf("Live(%d) = %v, want nil or ErrUnsubscribed", id, err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // a second Live would come by now
+	for _, id := range ids {
+		if n := len(rec.lives(id)); n != 1 {
+			t.Fatalf("subscription %d got %d Lives", id, n)
+		}
+	}
+	if got := b.Channels(); got != goroutines {
+		t.Fatalf("Channels() = %d, want %d", got, goroutines)
 	}
 	waitFor(t, "server subscriptions to settle", func() bool {
-		return b.ns.NumSubscriptions() == base+uint32(len(patterns))
+		return b.ns.NumSubscriptions() == base+goroutines
 	})
-	for g := range 8 {
-		b.Release(patterns[g%len(patterns)])
+	for g := range goroutines {
+		b.Unsubscribe(uint64(1_000_000 + g))
 	}
-	mustFlush(t, b)
 	if got := b.Channels(); got != 0 {
-		t.Fatalf("Channels() = %d after releasing everything", got)
+		t.Fatalf("Channels() = %d after unsubscribing everything", got)
 	}
 	waitFor(t, "server subscriptions to go", func() bool { return b.ns.NumSubscriptions() == base })
 }

@@ -6,20 +6,22 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/herald-ws/herald/codec/channel"
 )
 
 // PublishOnce connects to the NATS server or cluster at natsURL (one URL or
 // several, comma-separated), publishes data on subject, waits until the server has processed it,
 // and disconnects: the one-shot publish of `herald pub`, and of scripts and
 // health checks. subject must be a concrete channel (no wildcards); an
-// invalid one is a *ChannelError and nothing is sent.
+// invalid one is a *channel.Error and nothing is sent.
 //
 // Unlike Start it does not retry: an unreachable server fails at once with
 // an error naming natsURL (passwords redacted). timeout bounds the whole call,
 // connecting to every URL included. A nil error means the server accepted
 // the message; whether anyone was subscribed is not known.
 func PublishOnce(natsURL, subject string, data []byte, timeout time.Duration) error {
-	if err := ValidateChannel(subject, false); err != nil {
+	if err := channel.Validate(subject, false); err != nil {
 		return fmt.Errorf("pubsub: publish to %q: %w", subject, err)
 	}
 	if timeout <= 0 {

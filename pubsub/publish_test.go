@@ -3,7 +3,6 @@ package pubsub
 import (
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/herald-ws/herald/codec/channel"
 	"github.com/herald-ws/herald/pubsub/natstest"
 )
 
@@ -90,36 +90,6 @@ func TestPublishOnceUnreachable(t *testing.T) {
 	}
 }
 
-// silentServer accepts TCP connections and never says anything, like a
-// hung server or the wrong service behind the port.
-func silentServer(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	accepted := make(chan struct{})
-	go func() {
-		defer close(accepted)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-accepted
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return l.Addr().String()
-}
-
 // TestPublishOnceServerRefuses: errors the server reports about the publish
 // itself come back, not just connection errors.
 func TestPublishOnceServerRefuses(t *testing.T) {
@@ -176,15 +146,15 @@ func TestPublishOnceRefusesBadArguments(t *testing.T) {
 	// the timeout rather than fail at once.
 	url := "nats://" + silentServer(t)
 	for subject, code := range map[string]string{
-		"prices.*": CodeWildcardsDisabled,
-		"prices.>": CodeWildcardsDisabled,
-		"":         CodeInvalidChannel,
-		"a..b":     CodeInvalidChannel,
-		"a b":      CodeInvalidChannel,
+		"prices.*": channel.CodeWildcardsDisabled,
+		"prices.>": channel.CodeWildcardsDisabled,
+		"":         channel.CodeInvalidChannel,
+		"a..b":     channel.CodeInvalidChannel,
+		"a b":      channel.CodeInvalidChannel,
 	} {
 		start := time.Now()
 		err := PublishOnce(url, subject, []byte("x"), 5*time.Second)
-		var ce *ChannelError
+		var ce *channel.Error
 		if !errors.As(err, &ce) || ce.Code != code {
 			t.Errorf("PublishOnce(%q) = %v, want a ChannelError %s", subject, err, code)
 		}

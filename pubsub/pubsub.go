@@ -1,14 +1,22 @@
 // Package pubsub connects Herald to NATS: it runs the embedded server when no
-// external one is given, keeps one NATS subscription per distinct channel in
-// the process (refcounted), and hands every message to a single handler.
+// external one is given, and turns the engine's subscriptions into plain NATS
+// subscriptions whose messages, together with the news that each
+// subscription is in place, reach one Handler as one ordered stream.
 //
-// Channels are NATS subjects. The engine keeps its own per-loop index of which
-// sockets want which channel and calls Acquire when a channel gains its first
-// interested socket on a loop and Release when it loses the last one; pubsub
-// turns those counts into exactly one plain NATS subscription per distinct
-// channel pattern. Overlapping patterns ("prices.*" and "prices.AAPL") are
-// distinct subscriptions, so a message can reach the Handler once per matching
-// pattern: the engine uses Matches to deliver it to each socket only once.
+// Channels are NATS subjects. The engine names each subscription with its own
+// id (Broker.Subscribe, Broker.Unsubscribe); pubsub never shares one NATS
+// subscription between two ids, so overlapping or repeated patterns are
+// distinct subscriptions and NATS sends a copy of a message for each of
+// them. Copies that arrive together are grouped into one Handler.Message
+// call listing every id; copies NATS spread out come as separate calls.
+//
+// A fixed set of goroutines does the work however many subscriptions exist:
+// nats.go's read loop pushes every message into one shared Go channel
+// (ChanSubscribe), one dispatcher goroutine reads it and calls the Handler,
+// one worker goroutine makes every nats.go subscribe and unsubscribe call,
+// and one round-tripper waits for the server's PONG after each batch of
+// them. Callers (event loops) never wait on nats.go, which can hold its
+// connection lock for seconds while it dials during a reconnect.
 package pubsub
 
 import (
@@ -24,13 +32,14 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/herald-ws/herald/codec/channel"
 )
 
 // Defaults for the zero values of Config.
 const (
 	DefaultName          = "herald"
 	DefaultPendingMsgs   = 65536
-	DefaultPendingBytes  = 64 << 20
 	DefaultReconnectWait = 250 * time.Millisecond
 )
 
@@ -38,8 +47,16 @@ const (
 	// maxReconnectWait caps the reconnect backoff: a push server should be
 	// back within a couple of seconds of NATS returning.
 	maxReconnectWait = 2 * time.Second
-	// closeTimeout bounds how long Close lets in-flight messages drain.
+	// closeTimeout bounds how long Close waits for the worker to answer the
+	// subscriptions still waiting and for the Handler to take the messages
+	// already received.
 	closeTimeout = 2 * time.Second
+	// closeFlushTimeout bounds the round trip Close makes so that what the
+	// server sent before Close reaches the Handler.
+	closeFlushTimeout = time.Second
+	// closeGrace is the least Close waits for the worker and the Handler
+	// after closing the connection.
+	closeGrace = 200 * time.Millisecond
 	// pingInterval and maxPingsOut detect a NATS server that vanished without
 	// closing the TCP connection in about a minute instead of nats.go's
 	// default of several minutes.
@@ -49,14 +66,15 @@ const (
 	// consumer are re-read for their drop counts. nats.go reports only the
 	// start of a slow-consumer episode, not every drop.
 	dropSweepInterval = time.Second
-	// dropLogInterval rate-limits the drop warning per channel.
+	// dropLogInterval rate-limits the drop warning per subscription.
 	dropLogInterval = 10 * time.Second
 	// maxDropLogsPerSweep bounds the warning lines one sweep writes when many
-	// channels drop at once; the rest are summarised in one line.
+	// subscriptions drop at once; the rest are summarised in one line.
 	maxDropLogsPerSweep = 10
 )
 
-// ErrClosed is returned by Acquire after Close.
+// ErrClosed is the error of Handler.Live for a subscription that Close ended
+// before it was live.
 var ErrClosed = errors.New("pubsub: broker closed")
 
 // Config configures Start. Only Handler is required.
@@ -71,19 +89,18 @@ type Config struct {
 	// Name is the NATS connection name, visible in the server's monitoring.
 	// Default DefaultName.
 	Name string
-	// Handler is called for every message, on the nats.go delivery goroutine
-	// of the subscription it arrived on (so concurrently for different
-	// patterns, sequentially for one pattern). pattern is the channel the
-	// message matched (the subscription), subject the concrete subject. data
-	// is only valid during the call. Handler must not block for long: while
-	// it runs, messages for that pattern queue up to the pending limits and
-	// are then dropped.
-	Handler func(pattern, subject string, data []byte)
-	// PendingMsgs and PendingBytes are the per-subscription limits of
-	// messages queued for Handler. Past them NATS drops messages (counted in
-	// Stats.Dropped) and the connection stays up. 0 = default
-	// (DefaultPendingMsgs, DefaultPendingBytes); negative = unlimited.
-	PendingMsgs, PendingBytes int
+	// Handler receives every message and every Live answer, from one
+	// goroutine (see Handler). Required.
+	Handler Handler
+	// PendingMsgs is how many message copies received from NATS may wait
+	// for the Handler, all subscriptions together: the capacity of the Go
+	// channel nats.go's read loop delivers into. When it is full, nats.go
+	// drops what arrives (counted in Stats.Dropped, logged) and the
+	// connection stays up. It counts messages, not bytes: nats.go keeps no
+	// byte count for channel subscriptions, so the memory bound is
+	// PendingMsgs times the server's max_payload (1 MB by default).
+	// 0 = DefaultPendingMsgs; negative is an error.
+	PendingMsgs int
 	// ReconnectWait is the base of the reconnect backoff: attempts wait about
 	// ReconnectWait, 2×, 4×... with jitter, capped at 2s (or ReconnectWait if
 	// larger). Reconnection never gives up. Default DefaultReconnectWait.
@@ -93,18 +110,23 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Broker is Herald's connection to NATS plus the refcounted set of channel
-// subscriptions. All methods are safe for concurrent use.
+// Broker is Herald's connection to NATS plus its subscriptions. All methods
+// are safe for concurrent use.
 type Broker struct {
-	handler      func(pattern, subject string, data []byte)
-	pendingMsgs  int
-	pendingBytes int
-	log          *slog.Logger
-	logURL       string // the URL with passwords redacted, for logs
-	clientURL    string
+	handler     Handler
+	pendingMsgs int
+	log         *slog.Logger
+	logURL      string // the URL with passwords redacted, for logs
+	clientURL   string
 
 	nc *nats.Conn
 	ns *server.Server // nil when using an external server
+
+	// msgs is the one channel every subscription delivers into (nats.go's
+	// read loop sends without blocking), and the worker's answer markers
+	// with them. Only the dispatcher receives from it. It is never closed:
+	// nats.go may still send to it.
+	msgs chan *nats.Msg
 
 	// Counters for Stats: written on the message path, so atomics, no lock.
 	messagesIn  atomic.Uint64
@@ -112,33 +134,65 @@ type Broker struct {
 	reconnects  atomic.Uint64
 	disconnects atomic.Uint64
 
-	mu       sync.Mutex
-	channels map[string]*channel   // pattern -> live subscription
-	slow     map[*channel]struct{} // channels whose drop count is being swept
-	closed   bool
+	// up backs Connected without calling nats.go, whose lock a reconnect
+	// holds while it dials. upMu orders Start's first reading against the
+	// connection callbacks; upSet says a callback has spoken.
+	upMu  sync.Mutex
+	up    atomic.Bool
+	upSet bool
 
-	closing     atomic.Bool // set first thing in Close: silences disconnect logs
-	closeOnce   sync.Once
-	stop        chan struct{} // closed by Close to stop the drop sweeper
-	sweeperDone chan struct{}
-	connClosed  chan struct{} // closed by nats.go's ClosedHandler
-}
+	// mu guards the subscriptions callers see and the worker's queue. It is
+	// never held across a nats.go call.
+	mu     sync.Mutex
+	subs   map[uint64]*subscription // id -> subscribed, not yet unsubscribed
+	queue  []op                     // for the worker, in call order
+	closed bool
+	wake   chan struct{} // capacity 1: the worker has something to do
 
-// channel is one distinct pattern with a live NATS subscription. All fields
-// are guarded by Broker.mu; the message path never touches them.
-type channel struct {
-	pattern  string
-	refs     int
-	sub      *nats.Subscription
-	dropped  int       // sub.Dropped() at the last sweep
-	unlogged int       // drops not yet reported in a log line
-	lastLog  time.Time // last drop warning for this channel
+	// registered holds the NATS subscriptions the worker made that the
+	// dispatcher has not looked up yet. See dispatcher.lookup.
+	regMu      sync.Mutex
+	registered map[*nats.Subscription]*subscription
+
+	// answers are the worker's batches, each announced by one ctlMarker in
+	// msgs, in the same order.
+	ctlMu   sync.Mutex
+	answers [][]answer
+
+	// slow holds the subscriptions whose drop counts are being swept.
+	dropMu sync.Mutex
+	slow   map[*nats.Subscription]*dropState
+
+	// dispatcher state that the Close path reads: quit asks the dispatcher
+	// to stop calling the Handler at once (Close gave up waiting).
+	quit atomic.Bool
+
+	// testHookAnswer, if set, runs on the worker before it hands a batch of
+	// answers to the dispatcher (tests widen the gap between the round trip
+	// and Live with it).
+	testHookAnswer atomic.Pointer[func([]answer)]
+
+	// The worker asks the round-tripper for a round trip on tripStart
+	// (capacity 1) and hears the outcome on tripDone.
+	tripStart chan struct{}
+	tripDone  chan error
+
+	closing      atomic.Bool // set first thing in Close: silences disconnect logs
+	closeOnce    sync.Once
+	stop         chan struct{} // closed by Close: worker and sweeper wind down
+	workerDone   chan struct{}
+	dispatchDone chan struct{}
+	sweeperDone  chan struct{}
 }
 
 // Stats are monotonically increasing counters since Start.
 type Stats struct {
-	MessagesIn  uint64 // messages handed to Handler
-	Dropped     uint64 // messages NATS dropped past the pending limits (swept about once a second)
+	// MessagesIn counts message copies handed to Handler.Message: a call
+	// with n subscription ids counts n.
+	MessagesIn uint64
+	// Dropped counts message copies lost because the Handler fell behind:
+	// nats.go found the shared channel full (swept about once a second).
+	Dropped     uint64
 	Reconnects  uint64 // successful reconnections after a lost connection
 	Disconnects uint64 // connections lost
 }
@@ -149,11 +203,13 @@ type Stats struct {
 // waits for it to accept clients and connects in-process (no socket). With
 // Config.URL set it connects there; if no server is reachable, Start still
 // succeeds and the Broker keeps retrying in the background, so Herald can
-// start before NATS does. Subscriptions made meanwhile take effect on
-// connect.
+// start before NATS does. Subscriptions made meanwhile go live on connect.
 func Start(cfg Config) (*Broker, error) {
 	if cfg.Handler == nil {
 		return nil, errors.New("pubsub: Config.Handler is required")
+	}
+	if cfg.PendingMsgs < 0 {
+		return nil, fmt.Errorf("pubsub: Config.PendingMsgs is %d: it must not be negative", cfg.PendingMsgs)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -170,15 +226,19 @@ func Start(cfg Config) (*Broker, error) {
 	b := &Broker{
 		handler:      cfg.Handler,
 		pendingMsgs:  orDefault(cfg.PendingMsgs, DefaultPendingMsgs),
-		pendingBytes: orDefault(cfg.PendingBytes, DefaultPendingBytes),
 		log:          log,
-		channels:     make(map[string]*channel),
-		slow:         make(map[*channel]struct{}),
+		subs:         make(map[uint64]*subscription),
+		wake:         make(chan struct{}, 1),
+		tripStart:    make(chan struct{}, 1),
+		tripDone:     make(chan error),
+		registered:   make(map[*nats.Subscription]*subscription),
+		slow:         make(map[*nats.Subscription]*dropState),
 		stop:         make(chan struct{}),
+		workerDone:   make(chan struct{}),
+		dispatchDone: make(chan struct{}),
 		sweeperDone:  make(chan struct{}),
-		connClosed:   make(chan struct{}),
 	}
-	var closedOnce sync.Once
+	b.msgs = make(chan *nats.Msg, b.pendingMsgs)
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -190,13 +250,11 @@ func Start(cfg Config) (*Broker, error) {
 		nats.IgnoreAuthErrorAbort(),
 		nats.PingInterval(pingInterval),
 		nats.MaxPingsOutstanding(maxPingsOut),
-		nats.DrainTimeout(closeTimeout),
 		nats.ErrorHandler(b.onAsyncError),
 		nats.DisconnectErrHandler(b.onDisconnect),
 		nats.ReconnectHandler(b.onReconnect),
 		nats.ConnectHandler(b.onConnect),
 		nats.ReconnectErrHandler(b.onReconnectErr),
-		nats.ClosedHandler(func(*nats.Conn) { closedOnce.Do(func() { close(b.connClosed) }) }),
 	}
 
 	if cfg.URL == "" {
@@ -235,7 +293,15 @@ func Start(cfg Config) (*Broker, error) {
 			log.Warn("pubsub: using external nats, not reachable yet; retrying in the background", "url", b.logURL)
 		}
 	}
+	b.upMu.Lock()
+	if !b.upSet {
+		b.up.Store(b.nc.IsConnected())
+	}
+	b.upMu.Unlock()
 	go b.sweepDrops()
+	go b.work()
+	go b.roundTrips()
+	go b.dispatch()
 	return b, nil
 }
 
@@ -300,32 +366,63 @@ func redactURLs(urls string) string {
 	return strings.Join(parts, ",")
 }
 
-// Close unsubscribes everything, lets messages already received drain to
-// Handler (bounded by a short timeout), closes the connection and shuts the
-// embedded server down. Handler may run while Close is in progress; once
-// Close returns no new call starts (one already running when the drain timed
-// out may still be finishing). Close is idempotent.
+// Close ends every subscription and closes the connection: it makes one
+// round trip (when connected) so that what the server sent before reaches
+// the Handler, closes the NATS connection, answers every subscription still
+// waiting for its Live with Live(id, ErrClosed), lets the Handler take what
+// was already received, and shuts the embedded server down.
+//
+// Subscribe and Unsubscribe calls made once Close has begun do nothing and
+// get no answer. The Handler may run while Close is in progress; once Close
+// returns no new call starts. Close waits about closeTimeout (2s) at most
+// for the worker and the Handler: a Handler stuck for longer may still be
+// finishing its call, and the answers a worker stuck inside nats.go did not
+// give by then never come. Close is idempotent.
 func (b *Broker) Close() {
 	b.closeOnce.Do(func() {
+		start := time.Now()
 		b.closing.Store(true)
 		b.mu.Lock()
 		b.closed = true
-		b.channels = make(map[string]*channel)
-		b.slow = make(map[*channel]struct{})
+		clear(b.subs)
 		b.mu.Unlock()
 		close(b.stop)
 		<-b.sweeperDone
 
-		if err := b.nc.Drain(); err != nil {
-			// Not connected (reconnecting): nothing to drain.
-			b.nc.Close()
+		if b.Connected() {
+			// Everything the server sent before its PONG has then been
+			// pushed into b.msgs (nats.go's read loop handles messages in
+			// order and before the PONG).
+			_ = b.nc.FlushTimeout(closeFlushTimeout)
 		}
-		select {
-		case <-b.connClosed:
-		case <-time.After(closeTimeout + time.Second):
-			b.log.Warn("pubsub: nats connection did not drain in time; closing", "timeout", closeTimeout)
-		}
+		// This also fails a round trip under way, and a worker call into
+		// nats.go fails at once after it. It waits for nats.go's lock,
+		// which a reconnect holds while it dials (at most nats.go's
+		// connect timeout, 2s).
 		b.nc.Close()
+		b.setUp(false)
+		// Even when nats.go held Close for its connect timeout, leave the
+		// worker a moment to answer once nats.go lets it go.
+		deadline := start.Add(closeTimeout)
+		if least := time.Now().Add(closeGrace); deadline.Before(least) {
+			deadline = least
+		}
+
+		if !waitUntil(b.workerDone, deadline) {
+			b.log.Warn("pubsub: close: the subscription worker is stuck in nats.go; not waiting for it", "timeout", closeTimeout)
+		}
+		stopped := false
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case b.msgs <- stopMarker:
+			stopped = waitUntil(b.dispatchDone, deadline)
+		case <-t.C:
+		}
+		t.Stop()
+		if !stopped {
+			b.quit.Store(true)
+			b.log.Warn("pubsub: close: the handler did not take the remaining messages in time; dropping them", "timeout", closeTimeout)
+		}
 		if b.ns != nil {
 			b.ns.Shutdown()
 			b.ns.WaitForShutdown()
@@ -334,19 +431,41 @@ func (b *Broker) Close() {
 	})
 }
 
+// waitUntil waits for done to be closed until deadline and reports whether
+// it was.
+func waitUntil(done <-chan struct{}, deadline time.Time) bool {
+	select {
+	case <-done:
+		return true
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // ClientURL is the URL any NATS client can publish to: the embedded server's
 // actual listen URL (with the real port when a random one was asked for), or
 // Config.URL as given for an external server.
 func (b *Broker) ClientURL() string { return b.clientURL }
 
-// Connected reports whether the NATS connection is currently up.
-func (b *Broker) Connected() bool { return b.nc.IsConnected() }
+// Connected reports whether the NATS connection is up, as nats.go's
+// connection callbacks last reported it. It never calls nats.go, so it does
+// not block while nats.go dials during a reconnect.
+func (b *Broker) Connected() bool { return b.up.Load() }
 
 // Publish publishes data on subject, which must be a valid concrete channel
 // (no wildcards). While disconnected, nats.go buffers publishes (up to its
-// reconnect buffer) and sends them on reconnect.
+// reconnect buffer) and sends them on reconnect. Publish calls nats.go on
+// the caller's goroutine and can wait for nats.go's connection lock, which a
+// reconnect holds while it dials: never call it from an event loop.
 func (b *Broker) Publish(subject string, data []byte) error {
-	if err := ValidateChannel(subject, false); err != nil {
+	if err := channel.Validate(subject, false); err != nil {
 		return fmt.Errorf("pubsub: publish: %w", err)
 	}
 	if err := b.nc.Publish(subject, data); err != nil {
@@ -355,8 +474,11 @@ func (b *Broker) Publish(subject string, data []byte) error {
 	return nil
 }
 
-// Flush waits until the server has processed everything sent so far
-// (publishes, subscriptions, unsubscriptions), or timeout.
+// Flush waits until the server has processed everything this connection
+// sent so far (publishes, and the subscriptions and unsubscriptions the
+// worker has already made), or timeout. It blocks: never call it from an
+// event loop. To know that one subscription is in place, wait for its
+// Handler.Live instead.
 func (b *Broker) Flush(timeout time.Duration) error {
 	if err := b.nc.FlushTimeout(timeout); err != nil {
 		return fmt.Errorf("pubsub: flush: %w", err)
@@ -374,11 +496,22 @@ func (b *Broker) Stats() Stats {
 	}
 }
 
+// setUp records the connection state reported by a nats.go callback.
+func (b *Broker) setUp(up bool) {
+	b.upMu.Lock()
+	b.upSet = true
+	b.up.Store(up)
+	b.upMu.Unlock()
+}
+
 func (b *Broker) onConnect(nc *nats.Conn) {
+	b.setUp(true)
+	b.kick() // subscriptions made before the first connection can go live
 	b.log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
 }
 
 func (b *Broker) onDisconnect(nc *nats.Conn, err error) {
+	b.setUp(false)
 	if b.closing.Load() {
 		return // our own Close
 	}
@@ -387,6 +520,8 @@ func (b *Broker) onDisconnect(nc *nats.Conn, err error) {
 }
 
 func (b *Broker) onReconnect(nc *nats.Conn) {
+	b.setUp(true)
+	b.kick() // retry the round trip of subscriptions made while down
 	b.reconnects.Add(1)
 	b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
 }

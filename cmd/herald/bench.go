@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,12 +37,36 @@ Scenarios:
            half of them on one channel), publish --messages messages of
            --size bytes through NATS at --rate, and report deliveries per
            second, delivered %, missing / duplicated / out-of-order messages,
-           publish-to-receive latency percentiles and the server's CPU time
-           per delivery. Each payload carries its channel sequence number and
-           send time: {"seq":N,"ts":MICROS,"pad":"xx.."}.
+           publish-to-receive latency percentiles, messages per client read
+           and the server's CPU time per delivery. Each payload carries its
+           channel sequence number and send time:
+           {"seq":N,"ts":MICROS,"pad":"xx.."}.
+           Personal channels: --channels per-conn gives every connection a
+           channel of its own (PREFIX.RUN.K for connection K), and the round
+           robin then sends each message to a different socket; --rounds R
+           publishes R messages on every channel (R x channels in all).
+           Counts are kept per channel, so a message lost or doubled on one
+           socket shows as such.
+           Overload sweep: --rates 10,50,200 runs the steady fanout once per
+           rate on the same connections, each for --duration, and reports
+           per rate delivered %, p50/p99 latency, server CPU per delivery
+           (with --server-pid), deliveries per second and messages per read
+           (above 1: the server packed several messages into one write).
   storm    open --conns connections, drop them all at once and reconnect
            them all, and report the time until all are back and the refusals
            seen meanwhile (503s, connect errors, timeouts).
+  floor    the loopback write floor, without a server: the bench listens
+           on --floor-listen itself, its connections (in a child process,
+           from the same source addresses as the other scenarios) connect
+           as its readers, and for each of --messages messages at --rate it
+           writes one pre-built text frame, the envelope Herald would send
+           around a --size payload, to every socket with a bare loop of
+           write(2) calls, failing on any write error. It reports the
+           writer's CPU time per write (getrusage of its own process, which
+           holds no reader), the time one pass over all sockets takes
+           (median, max), and the readers' deliveries and latency as fanout
+           does. Compare fanout's server CPU per delivery at the same
+           --conns and --rate.
 
 Server figures come from /proc/PID with --server-pid, else from the server's
 /metrics if it has one (process_resident_memory_bytes,
@@ -60,17 +86,21 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if spec, ok := os.LookupEnv(bench.ShardEnv); ok {
 		return runBenchShard(spec, stdout, stderr)
 	}
-	fs := newFlagSet("bench", "idle|fanout|storm [flags]", benchAbout, stderr)
+	fs := newFlagSet("bench", "idle|fanout|storm|floor [flags]", benchAbout, stderr)
 	var cfg bench.Config
 	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "the server's WebSocket `URL`; each connection adds channel=NAME to its query")
 	fs.IntVar(&cfg.Conns, "conns", 1000, "connections to open")
-	fs.IntVar(&cfg.Channels, "channels", 1, "channels to spread the connections over, named PREFIX.RUN.K")
+	channels := channelsFlag{n: 1}
+	fs.Var(&channels, "channels", "spread the connections over `N` channels, named PREFIX.RUN.K; per-conn gives each connection a channel of its own (N = --conns)")
 	fs.BoolVar(&cfg.Hot, "hot", false, "put half the connections on one hot channel and spread the rest over the others (default: spread evenly)")
 	raw := fs.Bool("raw", false, "subscribe with format=raw (bare payloads) instead of the default JSON envelope")
 	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench", "first part of every channel name; a random run id follows it")
-	fs.IntVar(&cfg.Messages, "messages", 200, "fanout: messages to publish, round robin over the channels; 0 with --rate publishes until --duration")
+	fs.IntVar(&cfg.Messages, "messages", 200, "fanout, floor: messages to publish, round robin over the channels; 0 with --rate publishes until --duration")
+	fs.IntVar(&cfg.Rounds, "rounds", 0, "fanout, floor: publish this many messages on every channel, round robin (instead of --messages)")
+	rates := fs.String("rates", "", "fanout: an overload sweep, e.g. 10,50,200: the steady fanout once per `rate` (messages per second over all channels), each for --duration, on the same connections; --messages then applies only if given")
+	fs.StringVar(&cfg.Listen, "floor-listen", "127.0.0.1:0", "floor: the loopback `address` the bench listens on for its readers")
 	size := sizeFlag(fs, "size", 64, "fanout: payload size in bytes, e.g. 64, 1KiB")
-	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout: messages per second over all channels; 0 publishes as fast as possible")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout, floor: messages per second over all channels; 0 publishes as fast as possible")
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout: `URL` of the NATS server Herald listens to")
 	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's process `id`, for its memory and CPU time from /proc; 0 tries its /metrics")
 	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the server's Prometheus metrics `URL` (default http://HOST/metrics of --url), used without --server-pid")
@@ -79,7 +109,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Loops, "loops", 0, "client event loops per process; 0 means half the CPUs, at least one")
 	fs.IntVar(&cfg.Dialers, "dialers", 64, "goroutines dialing connections, per process")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "retry a connection whose upgrade is not answered within this time")
-	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "idle: how long to hold the connections; fanout: the longest publishing may take")
+	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "idle: how long to hold the connections; fanout, floor: the longest publishing may take (with --rates, each rate's)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "the longest the whole run may take")
 	jsonFile := fs.String("json", "", "also write the results as JSON to `FILE` (- for stdout)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
@@ -95,11 +125,18 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if scenario == "" {
-		fmt.Fprintln(stderr, "missing scenario: idle, fanout or storm")
+		fmt.Fprintln(stderr, "missing scenario: idle, fanout, storm or floor")
 		fs.Usage()
 		return errUsage
 	}
 	cfg.Scenario = scenario
+	cfg.Channels, cfg.PerConn = channels.n, channels.perConn
+	if cfg.Rates, err = bench.ParseRates(*rates); err != nil {
+		return err
+	}
+	if len(cfg.Rates) > 0 && !flagSet(fs, "messages") {
+		cfg.Messages = 0 // each step publishes for --duration
+	}
 	cfg.Raw = *raw
 	cfg.Size = int(*size)
 	if cfg.SourceIPs, err = bench.ParseSourceIPs(*sources); err != nil {
@@ -154,7 +191,37 @@ func splitScenario(args []string) (bench.Scenario, []string, error) {
 			return s, args[1:], nil
 		}
 	}
-	return "", nil, fmt.Errorf("unknown scenario %q: want idle, fanout or storm", args[0])
+	return "", nil, fmt.Errorf("unknown scenario %q: want idle, fanout, storm or floor", args[0])
+}
+
+// channelsFlag is --channels: a count, or per-conn.
+type channelsFlag struct {
+	n       int
+	perConn bool
+}
+
+func (c *channelsFlag) String() string {
+	if c.perConn {
+		return bench.PerConnChannels
+	}
+	return strconv.Itoa(c.n)
+}
+
+func (c *channelsFlag) Set(s string) error {
+	n, perConn, err := bench.ParseChannels(s)
+	if err != nil {
+		return err
+	}
+	c.n, c.perConn = n, perConn
+	return nil
+}
+
+// flagSet reports whether name was given, on the command line or in the
+// environment.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func writeBenchJSON(name string, res *bench.Result, stdout io.Writer) error {

@@ -236,6 +236,7 @@ func TestBenchHelpAndUsage(t *testing.T) {
 		"-url", "-conns", "-channels", "-hot", "-raw", "-messages", "-size", "-rate", "-nats",
 		"-server-pid", "-metrics", "-procs", "-source-ips", "-loops", "-dialers", "-json",
 		"-duration", "-timeout", "-handshake-timeout", "-quiet",
+		"floor", "per-conn", "-rounds", "-rates", "-floor-listen",
 	} {
 		if !strings.Contains(help, want) {
 			t.Errorf("help lacks %q", want)
@@ -246,6 +247,8 @@ func TestBenchHelpAndUsage(t *testing.T) {
 		{"bench", "flood"},
 		{"bench", "idle", "extra"},
 		{"bench", "idle", "--conns", "x"},
+		{"bench", "fanout", "--channels", "some"},
+		{"bench", "fanout", "--channels", "0"},
 	} {
 		stderr.Reset()
 		if code := run(args, &stdout, &stderr); code != 2 {
@@ -256,5 +259,90 @@ func TestBenchHelpAndUsage(t *testing.T) {
 	run([]string{"--help"}, &usage, &usage)
 	if !strings.Contains(usage.String(), "bench") {
 		t.Errorf("herald --help does not list bench:\n%s", usage.String())
+	}
+}
+
+// benchCommand runs herald bench with args and returns its JSON report.
+func benchCommand(t *testing.T, args ...string) (*bench.Result, string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var stdout, stderr bytes.Buffer
+	code := run(append(append([]string{"bench"}, args...), "--quiet", "--json", out), &stdout, &stderr)
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bench.Result
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	return &res, stdout.String()
+}
+
+// Personal channels against Herald: every connection on a channel of its
+// own, three rounds of one message to each, every one delivered once and
+// in order, and the server's CPU per delivery reported as for one channel.
+func TestBenchPersonalFanout(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	res, table := benchCommand(t, "fanout",
+		"--url", "ws://"+h.srv.Addr()+"/ws", "--nats", h.broker.ClientURL(),
+		"--conns", "200", "--channels", "per-conn", "--rounds", "3",
+		"--loops", "1", "--dialers", "8", "--server-pid", strconv.Itoa(os.Getpid()), "--timeout", "60s")
+	if res.Channels != 200 || !res.PerConn {
+		t.Fatalf("channels %d, per-conn %v", res.Channels, res.PerConn)
+	}
+	f := res.Fanout
+	if f.Published != 600 || f.Expected != 600 || f.Delivered != 600 || f.Missing+f.Duplicated+f.OutOfOrder != 0 || f.Latency.Count != 600 {
+		t.Fatalf("fanout %+v", f)
+	}
+	if cpu := res.Server.CPU; f.PerSecond <= 0 || cpu == nil || cpu.Unit != "delivery" || cpu.Count != 600 {
+		t.Fatalf("%v deliveries/s, cpu %+v", f.PerSecond, res.Server.CPU)
+	}
+	if !strings.Contains(table, "over 200 channels (one per connection)") {
+		t.Errorf("table does not say the channels are per connection")
+	}
+}
+
+// The floor from the command line: no server, the readers in a child.
+func TestBenchFloorCommand(t *testing.T) {
+	res, table := benchCommand(t, "floor", "--conns", "200", "--messages", "5", "--rate", "20",
+		"--loops", "1", "--dialers", "8", "--timeout", "60s")
+	fl := res.Floor
+	if fl == nil || fl.Sockets != 200 || fl.Passes != 5 || fl.Writes != 1000 || fl.ReaderProcs != 1 {
+		t.Fatalf("floor %+v", fl)
+	}
+	if f := res.Fanout; f.Delivered != 1000 || f.Latency.Count != 1000 || res.Server.CPU.Unit != "write" {
+		t.Fatalf("fanout %+v, cpu %+v", f, res.Server.CPU)
+	}
+	for _, want := range []string{"pass over all sockets", "writer CPU", "µs per write"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+}
+
+// The overload sweep from the command line against Herald: one step per
+// rate on the same connections, each for --duration.
+func TestBenchSweepCommand(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{})
+	res, table := benchCommand(t, "fanout",
+		"--url", "ws://"+h.srv.Addr()+"/ws", "--nats", h.broker.ClientURL(),
+		"--conns", "200", "--rates", "10,50", "--duration", "1s",
+		"--loops", "1", "--dialers", "8", "--server-pid", strconv.Itoa(os.Getpid()), "--timeout", "60s")
+	if len(res.Sweep) != 2 {
+		t.Fatalf("%d steps", len(res.Sweep))
+	}
+	for i, s := range res.Sweep {
+		if s.Rate != []float64{10, 50}[i] || s.Published == 0 || s.Expected != uint64(s.Published)*200 || s.Delivered != s.Expected ||
+			s.Latency.Count != int64(s.Delivered) || s.CPU == nil || s.CPU.Count != s.Delivered {
+			t.Errorf("step %d: %+v cpu %+v", i, s.FanoutResult, s.CPU)
+		}
+	}
+	if !strings.Contains(table, "sweep:") {
+		t.Error("no sweep table")
 	}
 }

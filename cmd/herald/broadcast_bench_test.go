@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"github.com/gobwas/ws"
-	"github.com/herald-ws/herald/codec"
 	"io"
 	"net"
 	"os"
@@ -19,8 +17,45 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+
+	"github.com/herald-ws/herald/codec"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/enginetest"
+	"github.com/herald-ws/herald/engine/push"
+	"github.com/herald-ws/herald/engine/push/pushtest"
 )
+
+// broadcastServer is the engine and the push protocol on an in-memory bus:
+// the broadcast path without NATS, so that what a benchmark measures is
+// Herald's own work from a message's arrival to the socket writes.
+type broadcastServer struct {
+	srv *engine.Server
+	hub *push.Hub
+	bus *pushtest.Bus
+}
+
+func startBroadcast(b *testing.B, cfg engine.Config) *broadcastServer {
+	b.Helper()
+	bus := pushtest.New()
+	bus.AutoLive = true
+	b.Cleanup(bus.Close)
+	hub := push.New(push.Config{Bus: bus})
+	bus.Attach(hub)
+	cfg.Endpoints = map[string]engine.Endpoint{push.Path: hub.Endpoint()}
+	srv := enginetest.Start(b, cfg)
+	return &broadcastServer{srv: srv, hub: hub, bus: bus}
+}
+
+// deliver hands the hub one message on channel, as the bus would: from
+// this goroutine, which plays the bus's.
+func (s *broadcastServer) deliver(b *testing.B, channel string, payload []byte) {
+	ids := s.bus.IDs(channel)
+	if len(ids) == 0 {
+		b.Fatalf("no subscription to %s", channel)
+	}
+	s.hub.Message(channel, payload, ids)
+}
 
 // sinkEnv makes the test binary a subscriber sink instead of running tests:
 // "ADDR N CHANNEL" opens N WebSocket connections subscribed to CHANNEL,
@@ -124,22 +159,23 @@ func startSink(b *testing.B, addr string, n int, channel string) {
 // holds the server; the subscribers live in a child process.
 func BenchmarkBroadcast(b *testing.B) {
 	const subscribers = 10_000
-	h := startTestHerald(b, heraldConfig{Engine: engine.Config{MaxOutbound: 64 << 20}})
+	h := startBroadcast(b, engine.Config{MaxOutbound: 64 << 20})
 	startSink(b, h.srv.Addr(), subscribers, "bench.hot")
+	ids := h.bus.IDs("bench.hot")
 	payload := []byte(`{"sym":"AAPL","px":187.25,"ts":1732180000000,"seq":123456789012}`)
 	if len(payload) != 64 {
 		b.Fatalf("payload is %d bytes, want 64", len(payload))
 	}
 	deliver := func(n int) time.Duration {
 		start := time.Now()
-		want := h.srv.Stats().Deliveries + uint64(n)*subscribers
+		want := h.hub.Stats().Deliveries + uint64(n)*subscribers
 		for range n {
-			h.srv.Deliver("bench.hot", "bench.hot", payload)
+			h.hub.Message("bench.hot", payload, ids)
 		}
 		deadline := time.Now().Add(time.Minute)
-		for h.srv.Stats().Deliveries < want {
+		for h.hub.Stats().Deliveries < want {
 			if time.Now().After(deadline) {
-				b.Fatalf("delivered %d short of %d", want-h.srv.Stats().Deliveries, uint64(n)*subscribers)
+				b.Fatalf("delivered %d short of %d", want-h.hub.Stats().Deliveries, uint64(n)*subscribers)
 			}
 			time.Sleep(100 * time.Microsecond)
 		}
@@ -163,15 +199,15 @@ func BenchmarkBroadcast(b *testing.B) {
 // process), the figure that a single write to each socket bounds.
 func BenchmarkBroadcastPaced(b *testing.B) {
 	const subscribers = 19_000
-	h := startTestHerald(b, heraldConfig{})
+	h := startBroadcast(b, engine.Config{})
 	startSink(b, h.srv.Addr(), subscribers, "bench.steady")
 	payload := []byte(`{"sym":"AAPL","px":187.25,"ts":1732180000000,"seq":123456789012}`)
 	b.ResetTimer()
 	start := processCPU(b)
 	for range b.N {
-		want := h.srv.Stats().Deliveries + subscribers
-		h.srv.Deliver("bench.steady", "bench.steady", payload)
-		waitFor(b, 10*time.Second, "one message delivered", func() bool { return h.srv.Stats().Deliveries >= want })
+		want := h.hub.Stats().Deliveries + subscribers
+		h.deliver(b, "bench.steady", payload)
+		waitFor(b, 10*time.Second, "one message delivered", func() bool { return h.hub.Stats().Deliveries >= want })
 		time.Sleep(380 * time.Millisecond)
 	}
 	used := processCPU(b) - start

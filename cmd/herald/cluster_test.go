@@ -7,12 +7,17 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/pubsub/natstest"
 )
 
@@ -158,4 +163,136 @@ func TestTwoInstancesOnOneNATSBothDeliver(t *testing.T) {
 	}
 	expectSilence(t, conns[0][0], 100*time.Millisecond)
 	expectSilence(t, conns[1][0], 100*time.Millisecond)
+}
+
+// startTarpit listens on a loopback port, accepts every connection and
+// never says a word: the NATS server in a URL list that hangs a client's
+// connect until its timeout.
+func startTarpit(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	return "nats://" + l.Addr().String()
+}
+
+// TestNATSDownNeverStallsTheLoops holds NATS down with a tarpit in the URL
+// list, so that nats.go spends its reconnects stuck in dials, holding its
+// connection lock. The event loops never call it: pings are answered at
+// once, the reaper reaps, upgrades are answered, and a subscription made
+// meanwhile completes when NATS returns.
+func TestNATSDownNeverStallsTheLoops(t *testing.T) {
+	srv := natstest.Start(t)
+	h := startTestHerald(t, heraldConfig{
+		NATS: startTarpit(t) + "," + srv.URL(),
+		Engine: engine.Config{
+			HandshakeTimeout: time.Second,
+			PingInterval:     300 * time.Millisecond,
+			PongTimeout:      300 * time.Millisecond,
+		},
+	})
+	waitFor(t, clusterWait, "Herald to connect to NATS", h.broker.Connected)
+	live := dialWS(t, h, "channel=down.live")
+
+	srv.Kill()
+	waitFor(t, clusterWait, "Herald to notice the outage", func() bool { return !h.broker.Connected() })
+
+	// A new channel in band: no ack while NATS is away, and the socket is
+	// served meanwhile.
+	if err := live.WriteMessage(websocket.TextMessage, []byte(`{"op":"subscribe","channel":"down.new","id":"new"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// A client that never answers a ping is reaped on schedule.
+	silent := mustDial(t, h.srv.Addr())
+	fmt.Fprintf(silent, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	reaped := h.srv.Stats().Reaped
+
+	var rtts []time.Duration
+	deadline := time.Now().Add(3 * time.Second) // longer than nats.go's 2 s dial timeout
+	for i := 0; time.Now().Before(deadline); i++ {
+		start := time.Now()
+		expectPong(t, live, i)
+		rtts = append(rtts, time.Since(start))
+		time.Sleep(20 * time.Millisecond)
+	}
+	slices.Sort(rtts)
+	median, worst := rtts[len(rtts)/2], rtts[len(rtts)-1]
+	t.Logf("%d in-band pings during the outage: median %v, worst %v", len(rtts), median, worst)
+	if median > 50*time.Millisecond || worst > time.Second {
+		t.Errorf("pings answered in %v (median), %v (worst) while NATS was down: a loop stalled", median, worst)
+	}
+	// From here on the test does not always read, so a reader answers the
+	// server's pings (gorilla does so inside ReadMessage).
+	frames := make(chan []byte, 16)
+	go func() {
+		defer close(frames)
+		for {
+			_ = live.SetReadDeadline(time.Now().Add(2 * clusterWait))
+			_, msg, err := live.ReadMessage()
+			if err != nil {
+				return
+			}
+			frames <- msg
+		}
+	}()
+	next := func(what string) []byte {
+		t.Helper()
+		select {
+		case msg, ok := <-frames:
+			if !ok {
+				t.Fatalf("waiting for %s: the connection closed", what)
+			}
+			return msg
+		case <-time.After(clusterWait):
+			t.Fatalf("timed out waiting for %s", what)
+			return nil
+		}
+	}
+	waitFor(t, clusterWait, "the silent client to be reaped", func() bool { return h.srv.Stats().Reaped > reaped })
+
+	// Upgrades are answered: at once on channels the process already has,
+	// and with 503 + Retry-After when a new one cannot be confirmed in time.
+	start := time.Now()
+	dialWS(t, h, "channel=down.live")
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("upgrade to a channel the process has took %v during the outage", took)
+	}
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	_, resp, err := d.Dial("ws://"+h.srv.Addr()+"/ws?channel=down.other", nil)
+	if err == nil || resp == nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("upgrade to a new channel during the outage: %v %v; want 503 with Retry-After", resp, err)
+	}
+
+	srv.Restart()
+	waitFor(t, clusterWait, "Herald to reconnect to NATS", h.broker.Connected)
+	if msg := next("the ack"); !strings.Contains(string(msg), `"ack"`) || !strings.Contains(string(msg), `"new"`) {
+		t.Fatalf("after NATS returned: %q; want the ack of the subscription made during the outage", msg)
+	}
+	publishTo(t, srv.URL(), "down.new", `"back"`)
+	if msg := next("the message"); string(msg) != `{"channel":"down.new","data":"back"}` {
+		t.Fatalf("after the ack: %q", msg)
+	}
 }

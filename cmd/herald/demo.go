@@ -17,7 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/herald-ws/herald/pubsub"
+	"github.com/herald-ws/herald/codec/channel"
 )
 
 // demoPrefix is the NATS subject prefix of the demo's prices: prices.AAPL.
@@ -87,7 +87,7 @@ func (c *demoConfig) check() error {
 		if strings.Contains(s, ".") {
 			return fmt.Errorf("--symbols: %q: a symbol is one NATS subject token, without dots", s)
 		}
-		if err := pubsub.ValidateChannel(demoPrefix+s, false); err != nil {
+		if err := channel.Validate(demoPrefix+s, false); err != nil {
 			return fmt.Errorf("--symbols: %q: %v", s, err)
 		}
 	}

@@ -113,7 +113,7 @@ func readmeBlock(t testing.TB, heading, lang string) string {
 // herald demo publishes every symbol in turn, each payload carrying its
 // symbol, a price and the publish time.
 func TestDemoPublishesPrices(t *testing.T) {
-	h := startTestHerald(t, heraldConfig{Wildcards: true})
+	h := startTestHerald(t, heraldConfig{})
 	sub := dialWS(t, h, "channel=prices.*")
 	settle(t, h)
 
@@ -244,7 +244,6 @@ func startHeraldAt(t testing.TB, addr, natsAddr string) *herald {
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		},
 		NATSListen: natsAddr,
-		Wildcards:  true,
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {

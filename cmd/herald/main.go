@@ -29,6 +29,7 @@ func commands() []command {
 		{"sub", "print the messages of channels, as a WebSocket client", runSub},
 		{"demo", "publish synthetic stock prices for the demo page at /", runDemo},
 		{"bench", "load-test a server: idle, fanout and storm scenarios", runBench},
+		{"version", "print the version, VCS revision and Go version of this binary", runVersion},
 	}
 }
 
@@ -45,6 +46,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return 0
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {
@@ -76,18 +80,36 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
 	}
-	b.WriteString("\nRun 'herald <command> --help' for the flags of a command.\n")
+	b.WriteString("\nRun 'herald <command> --help' for the flags of a command, and 'herald --version'\n")
+	b.WriteString("(or 'herald version') for the build of this binary.\n\n")
+	b.WriteString("Every flag can also be set in the environment, and each command has variables of\n")
+	b.WriteString("its own, so that none leaks into another:\n")
+	b.WriteString("  herald serve     HERALD_<FLAG>            e.g. --max-conns is HERALD_MAX_CONNS\n")
+	b.WriteString("  any other        HERALD_<COMMAND>_<FLAG>  e.g. pub's --timeout is HERALD_PUB_TIMEOUT\n")
+	b.WriteString("with the flag's name in capitals and _ for -. A flag on the command line wins over\n")
+	b.WriteString("the environment.\n")
 	io.WriteString(w, b.String())
 }
 
 // newFlagSet returns a flag set whose --help prints the command's purpose
 // before its flags, each with the environment variable that also sets it.
+// The set is named "herald NAME", from which flagCommand tells the command
+// whose environment variables set it.
 func newFlagSet(name, synopsis, about string, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("herald "+name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: herald %s %s\n\n%s\n\nFlags (each can also be set in the environment, as shown):\n", name, synopsis, about)
-		printFlags(fs)
+		line := "herald " + name
+		if synopsis != "" {
+			line += " " + synopsis
+		}
+		fmt.Fprintf(out, "Usage: %s\n\n%s\n", line, about)
+		hasFlags := false
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprintf(out, "\nFlags (each can also be set in the environment, as shown; the command line wins):\n")
+			printFlags(fs)
+		}
 	}
 	return fs
 }
@@ -96,6 +118,7 @@ func newFlagSet(name, synopsis, about string, out io.Writer) *flag.FlagSet {
 // and with the environment variable of each.
 func printFlags(fs *flag.FlagSet) {
 	var b strings.Builder
+	command := flagCommand(fs)
 	fs.VisitAll(func(f *flag.Flag) {
 		kind, usage := flag.UnquoteUsage(f)
 		fmt.Fprintf(&b, "  --%s", f.Name)
@@ -106,43 +129,81 @@ func printFlags(fs *flag.FlagSet) {
 		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && !strings.Contains(usage, "(default") {
 			fmt.Fprintf(&b, " (default %s)", f.DefValue)
 		}
-		fmt.Fprintf(&b, "\n      [$%s]\n", envName(f.Name))
+		fmt.Fprintf(&b, "\n      [$%s]\n", envName(command, f.Name))
 	})
 	io.WriteString(fs.Output(), b.String())
 }
 
-// envName is the environment variable that sets flag name:
-// --max-conns is HERALD_MAX_CONNS.
-func envName(name string) string {
-	return "HERALD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+// envPrefix is how the environment variables of command's flags begin.
+// herald serve, the daemon, takes HERALD_<FLAG>; every other command takes
+// HERALD_<COMMAND>_<FLAG>, so that a variable meant for one command (say
+// the server's HERALD_LOOPS) never changes another (herald bench --loops).
+func envPrefix(command string) string {
+	if command == "serve" {
+		return "HERALD_"
+	}
+	return "HERALD_" + envWord(command) + "_"
 }
 
-// parseFlags sets fs's flags from the environment, then from args, which
-// win. It maps the flag package's errors to errUsage so that run does not
-// print them twice.
+// envName is the environment variable that sets flag name of command:
+// serve's --max-conns is HERALD_MAX_CONNS, pub's --timeout is
+// HERALD_PUB_TIMEOUT.
+func envName(command, name string) string {
+	return envPrefix(command) + envWord(name)
+}
+
+// envWord is name in capitals with _ for -.
+func envWord(name string) string {
+	return strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// flagCommand is the command whose flags fs holds, from the name newFlagSet
+// gave it.
+func flagCommand(fs *flag.FlagSet) string {
+	return strings.TrimPrefix(fs.Name(), "herald ")
+}
+
+// parseFlags is parseArgs for a command that takes no arguments besides its
+// flags: any left over is a usage error.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", rest[0])
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}
+
+// parseArgs sets fs's flags from the environment (see envName), then from
+// the flags at the front of args, which win, and returns the arguments
+// after the flags. It parses args once, so a flag that adds up (fs.Func,
+// called for each occurrence) sees each occurrence once. It maps the flag
+// package's errors to errUsage so that run does not print them twice;
+// flag.ErrHelp is returned as is.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	command := flagCommand(fs)
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
+		name := envName(command, f.Name)
+		if v, ok := os.LookupEnv(name); ok && envErr == nil {
 			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("%s=%q: %v", envName(f.Name), v, err)
+				envErr = fmt.Errorf("%s=%q: %v", name, v, err)
 			}
 		}
 	})
 	if envErr != nil {
 		fmt.Fprintln(fs.Output(), envErr)
-		return errUsage
+		return nil, errUsage
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return nil, err
 		}
-		return errUsage
+		return nil, errUsage
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return errUsage
-	}
-	return nil
+	return fs.Args(), nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/herald-ws/herald/codec"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/push"
 )
 
 // metrics exposes Herald's counters in the Prometheus text format. It reads
@@ -67,6 +68,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	st := m.h.srv.Stats()
+	ps := m.h.hub.Stats()
 	ns := m.h.broker.Stats()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
@@ -77,9 +79,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.open, float64(st.Open))
 	gauge(m.upgraded, float64(st.Upgraded))
 	counter(m.accepted, st.Accepted)
-	gauge(m.channels, float64(m.h.broker.Channels()))
-	counter(m.deliveries, st.Deliveries)
-	counter(m.bytesOut, st.BytesOut)
+	gauge(m.channels, float64(ps.Channels))
+	counter(m.deliveries, ps.Deliveries)
+	counter(m.bytesOut, ps.BytesOut)
 	counter(m.slowConsumers, st.SlowConsumers)
 	counter(m.pings, st.Pings)
 	counter(m.reaped, st.Reaped)
@@ -96,14 +98,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(m.natsUp, up)
 
-	buckets := make(map[float64]uint64, len(engine.LatencyBuckets))
+	buckets := make(map[float64]uint64, len(push.LatencyBuckets))
 	var cumulative uint64
-	for i, bound := range engine.LatencyBuckets {
-		cumulative += st.Latency.Counts[i]
+	for i, bound := range push.LatencyBuckets {
+		cumulative += ps.Latency.Counts[i]
 		buckets[bound.Seconds()] = cumulative
 	}
-	count := cumulative + st.Latency.Counts[len(engine.LatencyBuckets)]
-	ch <- prometheus.MustNewConstHistogram(m.latency, count, st.Latency.Sum.Seconds(), buckets)
+	count := cumulative + ps.Latency.Counts[len(push.LatencyBuckets)]
+	ch <- prometheus.MustNewConstHistogram(m.latency, count, ps.Latency.Sum.Seconds(), buckets)
 }
 
 // serve answers /metrics. It runs on an event loop; a scrape costs well

@@ -1,13 +1,12 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
+	"github.com/herald-ws/herald/codec/channel"
 	"github.com/herald-ws/herald/pubsub"
 )
 
@@ -30,16 +29,9 @@ Examples:
   printf '%s' "$(date +%s)" | herald pub clock.tick -`, stderr)
 	natsURL := fs.String("nats", "nats://"+pubsub.DefaultListen, "`URL` of the NATS server or cluster (comma-separated) to publish to")
 	timeout := fs.Duration("timeout", 5*time.Second, "give up if the server has not accepted the message within this `duration`")
-	// parseFlags (the environment, then the command line) takes flags
-	// only: a first pass finds where they end, and it gets just those.
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	positional := fs.Args()
-	if err := parseFlags(fs, args[:len(args)-len(positional)]); err != nil {
+	// Flags come before SUBJECT: parseArgs returns what follows them.
+	positional, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	if len(positional) != 2 {
@@ -52,12 +44,11 @@ Examples:
 		return errUsage
 	}
 	subject, payload := positional[0], []byte(positional[1])
-	if err := pubsub.ValidateChannel(subject, false); err != nil {
+	if err := channel.Validate(subject, false); err != nil {
 		fmt.Fprintf(stderr, "SUBJECT %q: %v\n", subject, err)
 		return errUsage
 	}
 	if positional[1] == "-" {
-		var err error
 		if payload, err = io.ReadAll(stdin); err != nil {
 			return fmt.Errorf("read PAYLOAD from standard input: %w", err)
 		}

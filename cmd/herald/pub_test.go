@@ -26,7 +26,7 @@ func TestPubDeliversToSubscribers(t *testing.T) {
 	settle(t, h)
 	tests := []struct {
 		name     string
-		env      string // HERALD_NATS, if set
+		env      string // HERALD_PUB_NATS, if set
 		args     []string
 		stdin    string
 		wantData string
@@ -39,7 +39,7 @@ func TestPubDeliversToSubscribers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.env != "" {
-				t.Setenv("HERALD_NATS", tt.env)
+				t.Setenv("HERALD_PUB_NATS", tt.env)
 			}
 			old := stdin
 			stdin = strings.NewReader(tt.stdin)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/herald-ws/herald/codec"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/pubsub"
 )
 
@@ -21,15 +22,25 @@ import (
 // that conformance runs pass with no extra flags.
 const echoMaxMessageSize = 16 << 20
 
+// A drain ends within --drain-timeout plus drainGrace; the last
+// stopReserve of it is for closing the sockets left and NATS.
+const (
+	drainGrace  = 900 * time.Millisecond
+	stopReserve = 400 * time.Millisecond
+)
+
 func runServe(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", "[flags]", `Runs the WebSocket server.
 
 Clients connect to ws://ADDR/ws?channel=NAME (repeat channel for more) and
 receive every message published on NATS to those channels (NATS subjects;
 wildcards prices.* and game.> allowed). They can also subscribe in band with
-{"op":"subscribe","channel":"NAME","id":"1"}. By default an embedded NATS
-server listens on --nats-listen, so any NATS client can publish:
-nats pub prices.AAPL '{"px":187.2}'  or  herald pub prices.AAPL '{"px":187.2}'.
+{"op":"subscribe","channel":"NAME","id":"1"}. The 101 (for channels in the
+URL) and the ack (in band) come once NATS has the subscription; from then
+on every message on the channel arrives exactly once, overlapping wildcard
+patterns included. By default an embedded NATS server listens on
+--nats-listen, so any NATS client can publish:
+herald pub prices.AAPL '{"px":187.2}'  or  nats pub prices.AAPL '{"px":187.2}'.
 Plain HTTP on the same port: GET / (the live demo page, see herald demo;
 --no-demo turns it off), GET /healthz (alive), GET /readyz (NATS connected
 and not draining) and GET /metrics (Prometheus).
@@ -47,13 +58,14 @@ second signal exits at once.`, stderr)
 	natsListen := fs.String("nats-listen", pubsub.DefaultListen, "`address` the embedded NATS server listens on for publishers (ignored with --nats)")
 	noWildcards := fs.Bool("no-wildcards", false, "refuse wildcard channels (prices.*, game.>)")
 	noDemo := fs.Bool("no-demo", false, "do not serve the live demo page at / (see herald demo)")
-	maxChannels := fs.Int("max-channels", 128, "most channels one connection may subscribe to")
-	maxOutbound := sizeFlag(fs, "max-outbound", 1<<20, "most unsent bytes a connection may have queued; a subscriber further behind is closed with 1008")
-	handshakeTimeout := fs.Duration("handshake-timeout", 5*time.Second, "close connections that have not sent a complete HTTP request within this time (slowloris)")
-	pingInterval := fs.Duration("ping-interval", 25*time.Second, "ping a WebSocket connection silent this long; keep it below your load balancer's idle timeout")
-	pongTimeout := fs.Duration("pong-timeout", 10*time.Second, "close a pinged connection that sends nothing within this time")
+	maxChannels := fs.Int("max-channels", push.DefaultMaxChannels, "most channels one connection may subscribe to")
+	maxOutbound := sizeFlag(fs, "max-outbound", engine.DefaultMaxOutbound, "most unsent bytes a connection may have queued; a subscriber further behind is closed with 1008")
+	handshakeTimeout := fs.Duration("handshake-timeout", engine.DefaultHandshakeTimeout,
+		"close connections that have not sent a complete HTTP request within this time (slowloris), and answer 503 to an upgrade whose channels NATS has not confirmed within it")
+	pingInterval := fs.Duration("ping-interval", engine.DefaultPingInterval, "ping a WebSocket connection silent this long; keep it below your load balancer's idle timeout")
+	pongTimeout := fs.Duration("pong-timeout", engine.DefaultPongTimeout, "close a pinged connection that sends nothing within this time")
 	maxConns := fs.Int("max-conns", 0, "most open WebSocket connections; past it upgrades are answered 503 with Retry-After (default: the open-file limit less 64)")
-	maxAcceptRate := fs.Int("max-accept-rate", 20000, "most WebSocket upgrades per second, so a reconnect storm is turned away with 503 and Retry-After; 0 means no limit")
+	maxAcceptRate := fs.Int("max-accept-rate", engine.DefaultMaxAcceptRate, "most WebSocket upgrades per second, so a reconnect storm is turned away with 503 and Retry-After; 0 means no limit")
 	var origins originList
 	fs.Var(&origins, "allowed-origins", "comma-separated browser `origins` whose pages may connect, e.g. https://app.example.com,https://*.example.com; others get 403 (default: any origin; requests without an Origin header are always allowed)")
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
@@ -65,6 +77,9 @@ second signal exits at once.`, stderr)
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	if *maxAcceptRate == 0 {
+		*maxAcceptRate = -1 // the engine's "no limit"
 	}
 	if *maxMessage == 0 {
 		*maxMessage = codec.DefaultMaxMessageSize
@@ -86,19 +101,21 @@ second signal exits at once.`, stderr)
 			MaxAcceptRate:    *maxAcceptRate,
 			CheckOrigin:      origins.check(),
 			Echo:             *echo,
-			MaxChannels:      *maxChannels,
 			MaxOutbound:      int(*maxOutbound),
 			Logger:           log,
 			HTTP:             demoRoutes(!*noDemo),
 		},
+		Push: push.Config{
+			MaxChannels: *maxChannels,
+			NoWildcards: *noWildcards,
+		},
 		NATS:       *natsURL,
 		NATSListen: *natsListen,
-		Wildcards:  !*noWildcards,
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "herald listening on %s (ws://%s/ws), publish to NATS at %s\n", h.srv.Addr(), h.srv.Addr(), h.broker.ClientURL())
+	fmt.Fprintf(stdout, "herald listening on %s (ws://%s%s), publish to NATS at %s\n", h.srv.Addr(), h.srv.Addr(), push.Path, h.broker.ClientURL())
 	settleCtx, stopSettling := context.WithCancel(context.Background())
 	defer stopSettling()
 	go settleMemory(settleCtx, h.srv, log)
@@ -113,14 +130,17 @@ second signal exits at once.`, stderr)
 		log.Warn("second signal, exiting at once", "signal", got.String())
 		os.Exit(1)
 	}()
-	// Past the spread, give clients a moment to answer the last close
-	// frames before the remaining sockets are cut.
-	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout+5*time.Second)
+	// The whole shutdown fits in --drain-timeout plus drainGrace: the
+	// closes are spread over the timeout, clients that echo the close frame
+	// are closed at once, and past the spread the few that have not
+	// answered get what is left of the grace before their sockets are cut.
+	deadline := time.Now().Add(*drainTimeout + drainGrace)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-stopReserve))
 	defer cancel()
 	if err := h.srv.Drain(ctx, *drainTimeout); err != nil {
 		log.Warn("drain did not finish; closing the remaining connections", "err", err)
 	}
-	stopCtx, cancelStop := context.WithTimeout(context.Background(), 5*time.Second)
+	stopCtx, cancelStop := context.WithDeadline(context.Background(), deadline)
 	defer cancelStop()
 	if err := h.stop(stopCtx); err != nil {
 		return err
@@ -131,34 +151,38 @@ second signal exits at once.`, stderr)
 
 // heraldConfig is everything a running Herald is made of.
 type heraldConfig struct {
-	Engine     engine.Config // Channels is set by startHerald
+	Engine     engine.Config // Endpoints gets the push endpoint from startHerald
+	Push       push.Config   // Bus and Logger are set by startHerald
 	NATS       string        // external NATS URL; "" runs an embedded server
 	NATSListen string        // the embedded server's address
-	Wildcards  bool          // allow wildcard channels
 }
 
-// herald is a running server: the engine and its NATS broker.
+// herald is a running server: the engine, the push protocol on it, and
+// the NATS broker that feeds the protocol.
 type herald struct {
 	srv    *engine.Server
+	hub    *push.Hub
 	broker *pubsub.Broker
 }
 
 // startHerald connects to NATS (or starts the embedded server) and starts
-// the engine on top of it.
+// the engine with the push protocol on top of it.
 func startHerald(cfg heraldConfig) (*herald, error) {
 	h := new(herald)
 	broker, err := pubsub.Start(pubsub.Config{
-		URL:    cfg.NATS,
-		Listen: cfg.NATSListen,
-		// Runs only once a socket has subscribed, which is after h.srv is set.
-		Handler: func(pattern, subject string, data []byte) { h.srv.Deliver(pattern, subject, data) },
+		URL:     cfg.NATS,
+		Listen:  cfg.NATSListen,
+		Handler: h,
 		Logger:  cfg.Engine.Logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	cfg.Engine.Channels = natsChannels{Broker: broker, wildcards: cfg.Wildcards}
 	h.broker = broker
+	cfg.Push.Bus = broker
+	cfg.Push.Logger = cfg.Engine.Logger
+	h.hub = push.New(cfg.Push)
+	cfg.Engine.Endpoints = map[string]engine.Endpoint{push.Path: h.hub.Endpoint()}
 	cfg.Engine.HTTP = mergeHandlers(cfg.Engine.HTTP, map[string]engine.HTTPHandler{
 		"/metrics": newMetrics(h).serve,
 		"/readyz":  h.serveReady,
@@ -174,6 +198,13 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 	}
 	return h, nil
 }
+
+// Message and Live pass what NATS delivers to the hub. The broker calls
+// them only once a socket has subscribed, which is after h.hub is set.
+func (h *herald) Message(subject string, data []byte, subs []uint64) {
+	h.hub.Message(subject, data, subs)
+}
+func (h *herald) Live(id uint64, err error) { h.hub.Live(id, err) }
 
 // mergeHandlers returns the handlers of both maps; extra wins on a clash.
 func mergeHandlers(base, extra map[string]engine.HTTPHandler) map[string]engine.HTTPHandler {

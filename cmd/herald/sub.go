@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -23,7 +22,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/push"
 )
 
 func runSub(args []string, stdout, stderr io.Writer) error {
@@ -57,17 +56,9 @@ Examples:
 	proxy := fs.String("proxy", "", "HTTP proxy `URL` to tunnel through, http://[user:pass@]host:port, instead of the environment's; \"direct\" for none")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up connecting (TCP, proxy, TLS and WebSocket handshake) after this long")
 	ping := fs.Duration("ping", 30*time.Second, "ping the server after this long without hearing from it, and give up after twice as long; 0 never pings")
-	// Flags come before the URL: a first pass finds where they end, and
-	// parseFlags (the environment, then the command line) gets just those.
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	positional := fs.Args()
-	channels = nil // --channel adds up: count the second pass only
-	if err := parseFlags(fs, args[:len(args)-len(positional)]); err != nil {
+	// Flags come before the URL: parseArgs returns what follows them.
+	positional, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	if len(positional) != 1 {
@@ -368,7 +359,7 @@ func wsURL(raw string) (*url.URL, error) {
 		return nil, fmt.Errorf("URL %q: scheme %q: want ws://, wss://, http:// or https://", raw, u.Scheme)
 	}
 	if u.Path == "" {
-		u.Path = engine.PushPath
+		u.Path = push.Path
 	}
 	u.Fragment = ""
 	return u, nil

@@ -1,4 +1,9 @@
-package pubsub
+// Package channel is the grammar of Herald's channel names and the errors
+// Herald answers in band. Channels are NATS subjects: Validate says which
+// names a client may use, Matches how a wildcard pattern selects subjects,
+// and Error is the refusal a client receives as
+// {"op":"error","code":...,"message":...}, with one stable set of codes.
+package channel
 
 import (
 	"strings"
@@ -6,61 +11,64 @@ import (
 	"unsafe"
 )
 
-// MaxChannelLen is the longest channel name, in bytes, that Herald accepts.
+// MaxLen is the longest channel name, in bytes, that Herald accepts.
 // NATS itself allows longer subjects; the cap keeps per-socket indexes and
 // the protocol messages that echo channel names small.
-const MaxChannelLen = 256
+const MaxLen = 256
 
-// Error codes carried by ChannelError. They are part of the client protocol
-// ({"op":"error","code":...}), so they never change once released.
+// The codes of Herald's in-band errors. They are part of the client
+// protocol ({"op":"error","code":...}), so they never change once released.
 const (
-	CodeInvalidChannel    = "invalid_channel"
-	CodeWildcardsDisabled = "wildcards_disabled"
+	CodeInvalidChannel    = "invalid_channel"    // not a valid channel name
+	CodeWildcardsDisabled = "wildcards_disabled" // a wildcard where they are off
+	CodeTooManyChannels   = "too_many_channels"  // over the per-connection cap
+	CodeBadRequest        = "bad_request"        // not a command Herald knows
+	CodeUnavailable       = "unavailable"        // the bus could not subscribe
 )
 
-// ChannelError reports a channel name a client may not use. Code is stable
-// and machine-readable; Message is a short human-readable reason that never
-// echoes the offending name back (the engine decides whether to).
-type ChannelError struct {
+// Error is a refusal a client can act on. Code is stable and
+// machine-readable; Message is a short human-readable reason that never
+// echoes the offending name back (the caller decides whether to).
+type Error struct {
 	Code    string
 	Message string
 }
 
-func (e *ChannelError) Error() string { return e.Code + ": " + e.Message }
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
-func invalid(msg string) *ChannelError {
-	return &ChannelError{Code: CodeInvalidChannel, Message: msg}
+func invalid(msg string) *Error {
+	return &Error{Code: CodeInvalidChannel, Message: msg}
 }
 
-// ValidateChannel checks a channel name a client asked for. A channel is a
-// NATS subject of 1..MaxChannelLen bytes: tokens separated by '.', no empty
+// Validate checks a channel name a client asked for. A channel is a
+// NATS subject of 1..MaxLen bytes: tokens separated by '.', no empty
 // tokens, no ASCII whitespace or control bytes, valid UTF-8. '*' is allowed
 // only as a whole token and '>' only as the whole last token; when
 // allowWildcards is false either one is refused with CodeWildcardsDisabled, so
 // a client can tell "malformed" from "not allowed here".
 //
-// The error, if any, is a *ChannelError. ValidateChannel does not allocate
+// The error, if any, is a *Error. Validate does not allocate
 // unless it returns an error.
-func ValidateChannel(ch string, allowWildcards bool) error {
-	return validateChannel(ch, allowWildcards)
+func Validate(ch string, allowWildcards bool) error {
+	return validate(ch, allowWildcards)
 }
 
-// ValidateChannelBytes is ValidateChannel for a name still in a network
+// ValidateBytes is Validate for a name still in a network
 // buffer (for example a query parameter before the upgrade). It neither
 // copies nor retains ch.
-func ValidateChannelBytes(ch []byte, allowWildcards bool) error {
+func ValidateBytes(ch []byte, allowWildcards bool) error {
 	// The string view lives only for the duration of the call and is never
 	// stored or returned, so sharing ch's memory is safe.
-	return validateChannel(unsafe.String(unsafe.SliceData(ch), len(ch)), allowWildcards)
+	return validate(unsafe.String(unsafe.SliceData(ch), len(ch)), allowWildcards)
 }
 
-// validateChannel returns *ChannelError as error only when non-nil, so that
+// validate returns *Error as error only when non-nil, so that
 // callers never see a typed nil inside a non-nil interface.
-func validateChannel(ch string, allowWildcards bool) error {
+func validate(ch string, allowWildcards bool) error {
 	if ch == "" {
 		return invalid("channel is empty")
 	}
-	if len(ch) > MaxChannelLen {
+	if len(ch) > MaxLen {
 		return invalid("channel is longer than 256 bytes")
 	}
 	wildcard := false
@@ -103,7 +111,7 @@ func validateChannel(ch string, allowWildcards bool) error {
 		return invalid("channel is not valid UTF-8")
 	}
 	if wildcard && !allowWildcards {
-		return &ChannelError{Code: CodeWildcardsDisabled, Message: "wildcard channels are disabled"}
+		return &Error{Code: CodeWildcardsDisabled, Message: "wildcard channels are disabled"}
 	}
 	return nil
 }
@@ -114,7 +122,7 @@ func validateChannel(ch string, allowWildcards bool) error {
 // Wildcards only have meaning in pattern. An empty token in subject never
 // matches a wildcard. Matches does not allocate.
 //
-// Both arguments are expected to be valid (see ValidateChannel); for
+// Both arguments are expected to be valid (see Validate); for
 // malformed input the result is well defined but not meaningful.
 func Matches(pattern, subject string) bool {
 	if pattern == "" || subject == "" {

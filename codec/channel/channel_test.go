@@ -1,4 +1,4 @@
-package pubsub
+package channel
 
 import (
 	"errors"
@@ -8,9 +8,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-func TestValidateChannel(t *testing.T) {
-	long := strings.Repeat("a.", MaxChannelLen/2-1) + "bb" // exactly MaxChannelLen bytes
-	if len(long) != MaxChannelLen {
+func TestValidate(t *testing.T) {
+	long := strings.Repeat("a.", MaxLen/2-1) + "bb" // exactly MaxLen bytes
+	if len(long) != MaxLen {
 		t.Fatalf("test setup: len(long) = %d", len(long))
 	}
 	const ok = ""
@@ -57,9 +57,9 @@ func TestValidateChannel(t *testing.T) {
 				allow bool
 				want  string
 			}{{true, tt.wildOK}, {false, tt.wildOff}} {
-				for _, err := range []error{ValidateChannel(tt.ch, c.allow), ValidateChannelBytes([]byte(tt.ch), c.allow)} {
+				for _, err := range []error{Validate(tt.ch, c.allow), ValidateBytes([]byte(tt.ch), c.allow)} {
 					if got := errCode(t, err); got != c.want {
-						t.Errorf("ValidateChannel(%q, %v) code = %q, want %q (err %v)", tt.ch, c.allow, got, c.want, err)
+						t.Errorf("Validate(%q, %v) code = %q, want %q (err %v)", tt.ch, c.allow, got, c.want, err)
 					}
 				}
 			}
@@ -67,18 +67,18 @@ func TestValidateChannel(t *testing.T) {
 	}
 }
 
-// errCode returns the ChannelError code of err, "" for nil.
+// errCode returns the Error code of err, "" for nil.
 func errCode(t *testing.T, err error) string {
 	t.Helper()
 	if err == nil {
 		return ""
 	}
-	var ce *ChannelError
+	var ce *Error
 	if !errors.As(err, &ce) {
-		t.Fatalf("error %v (%T) is not a *ChannelError", err, err)
+		t.Fatalf("error %v (%T) is not a *Error", err, err)
 	}
 	if ce.Message == "" {
-		t.Errorf("ChannelError %q has no message", ce.Code)
+		t.Errorf("Error %q has no message", ce.Code)
 	}
 	return ce.Code
 }
@@ -123,7 +123,7 @@ func TestMatches(t *testing.T) {
 			t.Errorf("Matches(%q, %q) = %v, want %v", tt.pattern, tt.subject, got, tt.want)
 		}
 		// For valid input, agree with nats-server's own matcher.
-		if ValidateChannel(tt.pattern, true) == nil && ValidateChannel(tt.subject, false) == nil {
+		if Validate(tt.pattern, true) == nil && Validate(tt.subject, false) == nil {
 			if srv := server.SubjectMatchesFilter(tt.subject, tt.pattern); srv != tt.want {
 				t.Errorf("nats-server says %q matches %q = %v, table says %v", tt.subject, tt.pattern, srv, tt.want)
 			}
@@ -134,8 +134,8 @@ func TestMatches(t *testing.T) {
 func TestNoAllocations(t *testing.T) {
 	subject := []byte("prices.NASDAQ.AAPL.bid")
 	checks := map[string]func(){
-		"ValidateChannel":      func() { _ = ValidateChannel("prices.*.AAPL.>", true) },
-		"ValidateChannelBytes": func() { _ = ValidateChannelBytes(subject, false) },
+		"ValidateChannel":      func() { _ = Validate("prices.*.AAPL.>", true) },
+		"ValidateChannelBytes": func() { _ = ValidateBytes(subject, false) },
 		"Matches":              func() { _ = Matches("prices.*.AAPL.>", "prices.NASDAQ.AAPL.bid") },
 	}
 	for name, f := range checks {
@@ -189,7 +189,7 @@ func FuzzMatches(f *testing.F) {
 		if want := refMatches(pattern, subject); got != want {
 			t.Fatalf("Matches(%q, %q) = %v, reference says %v", pattern, subject, got, want)
 		}
-		if ValidateChannel(pattern, true) == nil && ValidateChannel(subject, false) == nil {
+		if Validate(pattern, true) == nil && Validate(subject, false) == nil {
 			if srv := server.SubjectMatchesFilter(subject, pattern); got != srv {
 				t.Fatalf("Matches(%q, %q) = %v, nats-server says %v", pattern, subject, got, srv)
 			}
@@ -197,15 +197,15 @@ func FuzzMatches(f *testing.F) {
 	})
 }
 
-func FuzzValidateChannel(f *testing.F) {
+func FuzzValidate(f *testing.F) {
 	f.Add("prices.AAPL")
 	f.Add("a.*.>")
 	f.Add("a..b")
 	f.Add("a.>.b")
 	f.Fuzz(func(t *testing.T, ch string) {
-		errWild := ValidateChannel(ch, true)
-		errLit := ValidateChannel(ch, false)
-		if (errWild == nil) != (ValidateChannelBytes([]byte(ch), true) == nil) {
+		errWild := Validate(ch, true)
+		errLit := Validate(ch, false)
+		if (errWild == nil) != (ValidateBytes([]byte(ch), true) == nil) {
 			t.Fatalf("ValidateChannel and ValidateChannelBytes disagree on %q", ch)
 		}
 		if errWild != nil {
@@ -220,7 +220,7 @@ func FuzzValidateChannel(f *testing.F) {
 		}
 		literal := server.IsValidLiteralSubject(ch)
 		if (errLit == nil) != literal {
-			t.Fatalf("%q: literal per nats-server = %v, ValidateChannel(_, false) = %v", ch, literal, errLit)
+			t.Fatalf("%q: literal per nats-server = %v, Validate(_, false) = %v", ch, literal, errLit)
 		}
 		if errLit != nil && errCode(t, errLit) != CodeWildcardsDisabled {
 			t.Fatalf("%q: valid pattern refused with %v", ch, errLit)

@@ -1,0 +1,52 @@
+package engine
+
+import (
+	"errors"
+
+	"github.com/gobwas/ws"
+
+	"github.com/herald-ws/herald/codec"
+)
+
+// Endpoint is a protocol spoken over WebSocket connections upgraded at one
+// path (Config.Endpoints). The engine calls its methods on the event loop
+// that owns the connection, one call at a time per loop, so an endpoint's
+// per-loop state needs no lock; none of them may block.
+//
+// An endpoint never sees a socket: it reads complete, unmasked, validated
+// messages and writes with Conn.Send and Conn.SendFrame. The engine keeps
+// the rest: the handshake, fragmentation, control frames, limits, pings,
+// the close handshake and draining.
+type Endpoint interface {
+	// Upgrade decides on an upgrade request that passed RFC 6455's checks,
+	// Config.CheckOrigin and Config.CheckUpgrade, before any answer. req
+	// and everything it points into are valid only during the call, but
+	// c may be kept (and c.Session set) until Closed. Upgrade returns nil
+	// to answer 101 at once; ErrAcceptLater to answer once it calls
+	// c.Accept, or c.Refuse, later on c's loop (the engine answers 503
+	// itself after Config.HandshakeTimeout); or the error to refuse with,
+	// a *codec.HTTPError for its status (anything else is a 400).
+	Upgrade(c *Conn, req *codec.Request) error
+	// Message is one complete message from the client: text or binary,
+	// reassembled from its fragments, unmasked, text checked for UTF-8.
+	// payload is valid only during the call.
+	Message(c *Conn, op ws.OpCode, payload []byte)
+	// Closed says c is gone, after an Upgrade that did not refuse: drop
+	// every reference to it. Nothing sent to c after its close frame or
+	// refusal is written, so an endpoint may also learn it late.
+	Closed(c *Conn)
+}
+
+// ErrAcceptLater is what Endpoint.Upgrade returns to hold the 101 until it
+// calls Conn.Accept.
+var ErrAcceptLater = errors.New("engine: upgrade accepted later")
+
+// echo is the endpoint at EchoPath: it sends every message back as it
+// came, for conformance suites.
+type echo struct{}
+
+func (echo) Upgrade(*Conn, *codec.Request) error { return nil }
+
+func (echo) Message(c *Conn, op ws.OpCode, payload []byte) { c.SendFrame(op, payload) }
+
+func (echo) Closed(*Conn) {}

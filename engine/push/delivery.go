@@ -1,0 +1,371 @@
+package push
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/herald-ws/herald/codec/channel"
+	"github.com/herald-ws/herald/engine"
+)
+
+// delivery is one message on its way to the loops: encoded once per
+// format, shared read-only by every loop it is posted to, and recycled
+// when the last of them is done.
+type delivery struct {
+	subject  []byte   // the subject it was published on
+	patterns []string // the channels it arrived through
+	json     *bytebufferpool.ByteBuffer
+	raw      *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
+	jsonAt   int                        // where the frame starts in json.B
+	arrived  time.Time                  // when the bus handed it over
+	refs     atomic.Int32
+}
+
+// frame returns the encoded frame for a subscriber's format.
+func (d *delivery) frame(raw bool) []byte {
+	if raw {
+		return d.raw.B
+	}
+	return d.json.B[d.jsonAt:]
+}
+
+// subjectString views the subject without copying; valid while d is.
+func (d *delivery) subjectString() string {
+	return unsafe.String(unsafe.SliceData(d.subject), len(d.subject))
+}
+
+func (h *Hub) recycle(d *delivery) {
+	bytebufferpool.Put(d.json)
+	if d.raw != nil {
+		bytebufferpool.Put(d.raw)
+	}
+	d.json, d.raw = nil, nil
+	clear(d.patterns)
+	d.patterns = d.patterns[:0]
+	d.subject = d.subject[:0]
+	h.free.Put(d)
+}
+
+// event is one item of a loop's inbox: a delivery, or the bus's answer
+// about a channel (live when err is nil).
+type event struct {
+	delivery *delivery
+	channel  *hubChannel
+	err      error
+}
+
+// loopState is the protocol's state on one event loop; only that loop
+// touches it, but for the inbox.
+type loopState struct {
+	hub   *Hub
+	loop  *engine.Loop
+	bit   uint64            // the loop's bit in hubChannel masks
+	topic map[string]*topic // subscribers on this loop, by channel pattern
+	// accepting are the sockets whose upgrade waits for channels to go live.
+	accepting map[*engine.Conn]*acceptWait
+	stats     loopStats
+
+	// The inbox is the one place other goroutines reach into a loop: the
+	// hub appends events, and the loop takes the whole batch at once.
+	inboxMu      sync.Mutex
+	inbox        []event
+	flushPending bool
+	spare        []event // the previous batch's slice, reused
+	flushTask    gnet.Runnable
+
+	// Scratch space for a flush, reused.
+	run       []*delivery
+	groups    []group
+	joined    []byte // a topic's frames of one run, back to back
+	joinedRaw []byte
+	multi     []*engine.Conn // sockets with several subscriptions touched by a run
+	inMulti   map[*engine.Conn]struct{}
+	gather    []byte
+	replyBuf  []byte
+}
+
+// loopStats are a loop's counters: atomic only so that a scrape can read
+// them.
+type loopStats struct {
+	deliveries atomic.Uint64
+	bytesOut   atomic.Uint64
+	latency    histogram
+}
+
+// topic is one loop's subscribers to one channel pattern.
+type topic struct {
+	pattern string
+	channel *hubChannel
+	members []*engine.Conn // each member's subList holds its position here
+	live    bool           // the loop has heard that the channel is live
+	waiters []waiter       // who hears when it is
+	batch   int            // 1 + index in loopState.groups while a flush runs; 0 otherwise
+}
+
+// waiter is a subscription waiting for its channel to go live: an in-band
+// subscribe to ack, or a channel of an upgrade held until all are live.
+type waiter struct {
+	conn    *engine.Conn
+	id      []byte // the subscribe's id, copied; nil for none
+	upgrade bool
+}
+
+// acceptWait is an upgrade held until its channels are live.
+type acceptWait struct {
+	pending int     // channels not live yet
+	refused []error // channels the bus refused, answered in band after the 101
+}
+
+// group is the part of a run that went to one topic.
+type group struct {
+	topic      *topic
+	deliveries []*delivery
+}
+
+// loopFor returns the state of c's loop, made on its first socket. Only
+// that loop writes its slot, so the first use needs no lock.
+func (h *Hub) loopFor(c *engine.Conn) *loopState {
+	el := c.Loop()
+	slot := &h.loops[el.Index()]
+	if l := slot.Load(); l != nil {
+		return l
+	}
+	l := &loopState{
+		hub:       h,
+		loop:      el,
+		bit:       1 << el.Index(),
+		topic:     make(map[string]*topic),
+		accepting: make(map[*engine.Conn]*acceptWait),
+		inMulti:   make(map[*engine.Conn]struct{}),
+	}
+	l.flushTask = gnet.RunnableFunc(l.flush)
+	slot.Store(l)
+	return l
+}
+
+// post queues ev for the loop and, if the inbox was empty, schedules a
+// flush. Events that arrive while a flush is pending ride along with it,
+// which is what lets several messages reach a socket in one write.
+func (l *loopState) post(ev event) {
+	l.inboxMu.Lock()
+	l.inbox = append(l.inbox, ev)
+	schedule := !l.flushPending
+	l.flushPending = true
+	l.inboxMu.Unlock()
+	if !schedule {
+		return
+	}
+	if err := l.loop.Execute(l.flushTask); err != nil {
+		// The server is stopping: nothing will be written any more.
+		l.inboxMu.Lock()
+		l.flushPending = false
+		batch := l.inbox
+		l.inbox = nil // other goroutines may append as soon as the lock is free
+		l.inboxMu.Unlock()
+		for _, ev := range batch {
+			if ev.delivery != nil {
+				l.release(ev.delivery)
+			}
+		}
+	}
+}
+
+// flush handles every queued event in order: runs of deliveries are
+// written, and the bus's answers applied between them, so that a topic
+// goes live exactly between the messages sent before and after the bus
+// had its subscription.
+func (l *loopState) flush(context.Context) error {
+	l.inboxMu.Lock()
+	batch := l.inbox
+	l.inbox, l.spare = l.spare[:0], batch
+	l.flushPending = false
+	l.inboxMu.Unlock()
+
+	run := l.run[:0]
+	for _, ev := range batch {
+		if ev.delivery != nil {
+			run = append(run, ev.delivery)
+			continue
+		}
+		l.deliver(run)
+		run = run[:0]
+		l.answered(ev.channel, ev.err)
+	}
+	l.deliver(run)
+	clear(run)
+	l.run = run[:0]
+	clear(batch)
+	return nil
+}
+
+// release is called by each loop done with d. The last one records how
+// long the message took from the bus to its last socket write.
+func (l *loopState) release(d *delivery) {
+	if d.refs.Add(-1) != 0 {
+		return
+	}
+	l.stats.latency.observe(l.hub.now().Sub(d.arrived))
+	l.hub.recycle(d)
+}
+
+// deliver writes a run of deliveries to the loop's subscribers. The run is
+// grouped by topic first, so that a socket with one subscription gets all
+// its frames of the run in one write; sockets with several get theirs in
+// one write too, in the order the messages came.
+func (l *loopState) deliver(run []*delivery) {
+	if len(run) == 0 {
+		return
+	}
+	l.groups = l.groups[:0]
+	for _, d := range run {
+		for _, p := range d.patterns {
+			t := l.topic[p]
+			if t == nil || !t.live {
+				continue // gone, or not confirmed here yet
+			}
+			if t.batch == 0 {
+				if len(l.groups) < cap(l.groups) {
+					l.groups = l.groups[:len(l.groups)+1]
+					g := &l.groups[len(l.groups)-1]
+					g.topic, g.deliveries = t, g.deliveries[:0]
+				} else {
+					l.groups = append(l.groups, group{topic: t})
+				}
+				t.batch = len(l.groups)
+			}
+			g := &l.groups[t.batch-1]
+			g.deliveries = append(g.deliveries, d)
+		}
+	}
+	for i := range l.groups {
+		g := &l.groups[i]
+		g.topic.batch = 0
+		l.deliverGroup(g.topic, g.deliveries)
+		clear(g.deliveries)
+		g.topic = nil
+	}
+	l.deliverMulti(run)
+	for _, d := range run {
+		l.release(d)
+	}
+}
+
+// deliverGroup writes a topic's deliveries of a run to its members with
+// one subscription, and notes the others for deliverMulti.
+func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
+	// A delivery has a raw frame only if some subscriber wanted one when it
+	// was encoded; raw subscribers get those, which are all the messages
+	// published after they joined.
+	var jsonFrames, rawFrames []byte
+	rawCount := 0
+	if len(ds) == 1 {
+		jsonFrames = ds[0].frame(false)
+		if ds[0].raw != nil {
+			rawFrames, rawCount = ds[0].frame(true), 1
+		}
+	} else {
+		l.joined, l.joinedRaw = l.joined[:0], l.joinedRaw[:0]
+		for _, d := range ds {
+			l.joined = append(l.joined, d.frame(false)...)
+			if d.raw != nil {
+				l.joinedRaw = append(l.joinedRaw, d.frame(true)...)
+				rawCount++
+			}
+		}
+		jsonFrames = l.joined
+		if rawCount > 0 {
+			rawFrames = l.joinedRaw
+		}
+	}
+	var written, bytes uint64
+	// Backwards, because a write can close a connection, which moves the
+	// last member into its place.
+	for i := len(t.members) - 1; i >= 0; i-- {
+		if i >= len(t.members) {
+			continue
+		}
+		c := t.members[i]
+		if !c.Open() {
+			continue
+		}
+		s := sessionOf(c)
+		switch {
+		case s.subs.len() > 1:
+			if _, seen := l.inMulti[c]; !seen {
+				l.inMulti[c] = struct{}{}
+				l.multi = append(l.multi, c)
+			}
+		case s.raw && rawCount == 0:
+		case s.raw:
+			c.Send(rawFrames)
+			written += uint64(rawCount)
+			bytes += uint64(len(rawFrames))
+		default:
+			c.Send(jsonFrames)
+			written += uint64(len(ds))
+			bytes += uint64(len(jsonFrames))
+		}
+	}
+	l.stats.deliveries.Add(written)
+	l.stats.bytesOut.Add(bytes)
+}
+
+// deliverMulti writes to each socket with several subscriptions the
+// deliveries of the run it should have, in one write. Every pattern that
+// matches a subject gets its own copy of a message from the bus, so a
+// socket takes a message only through its owner: the least of its live
+// patterns that match the subject. A pattern that is not live on the loop
+// yet owns nothing, so the copies of the patterns that were live carry
+// the message until the loop hears otherwise, between two messages.
+func (l *loopState) deliverMulti(run []*delivery) {
+	var written, bytes uint64
+	for _, c := range l.multi {
+		if !c.Open() {
+			continue
+		}
+		s := sessionOf(c)
+		buf := l.gather[:0]
+		n := 0
+		for _, d := range run {
+			if s.raw && d.raw == nil {
+				continue
+			}
+			owner := s.owner(d.subjectString())
+			if owner == "" || !slices.Contains(d.patterns, owner) {
+				continue
+			}
+			buf = append(buf, d.frame(s.raw)...)
+			n++
+		}
+		if n > 0 && c.Send(buf) {
+			written += uint64(n)
+			bytes += uint64(len(buf))
+		}
+		l.gather = buf[:0]
+	}
+	clear(l.multi)
+	l.multi = l.multi[:0]
+	clear(l.inMulti)
+	l.stats.deliveries.Add(written)
+	l.stats.bytesOut.Add(bytes)
+}
+
+// owner is the least live pattern of the session that matches subject, or
+// "" for none.
+func (s *session) owner(subject string) string {
+	best := ""
+	for i := range s.subs.len() {
+		t := s.subs.at(i).topic
+		if t.live && (best == "" || t.pattern < best) && channel.Matches(t.pattern, subject) {
+			best = t.pattern
+		}
+	}
+	return best
+}

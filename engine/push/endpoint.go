@@ -1,0 +1,214 @@
+package push
+
+import (
+	"encoding/json"
+	"errors"
+	"strconv"
+
+	"github.com/gobwas/ws"
+
+	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/codec/channel"
+	"github.com/herald-ws/herald/engine"
+)
+
+// endpoint serves the protocol on the engine's connections.
+type endpoint struct{ h *Hub }
+
+// A client names its channels in the query of its upgrade request:
+//
+//	ws://host/ws?channel=prices.AAPL&channel=prices.MSFT&format=raw
+//
+// The query is walked where it lies in the request, without allocating
+// unless a value is percent-encoded: every connection of a reconnect storm
+// passes here. It is checked whole before anything is subscribed, so that
+// a client learns at once, with a 400, that its URL is wrong.
+
+// Upgrade subscribes the socket to its URL's channels and holds the 101
+// until the bus has confirmed every one of them.
+func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
+	h := e.h
+	raw, err := h.checkQuery(req.RawQuery)
+	if err != nil {
+		return err
+	}
+	s := &session{raw: raw}
+	c.Session = s
+	l := h.loopFor(c)
+	pending := 0
+	for q := (query{rest: req.RawQuery}); q.next(); {
+		if q.key != "channel" {
+			continue
+		}
+		added, waits, err := l.subscribe(c, s, q.value)
+		if err != nil {
+			// Refused: the engine forgets the socket, so must the hub.
+			e.Closed(c)
+			return &codec.HTTPError{Status: 400, Reason: errorMessage(err)}
+		}
+		if added && waits {
+			t := l.topic[q.value]
+			t.waiters = append(t.waiters, waiter{conn: c, upgrade: true})
+			pending++
+		}
+	}
+	if pending == 0 {
+		return nil
+	}
+	l.accepting[c] = &acceptWait{pending: pending}
+	return engine.ErrAcceptLater
+}
+
+// checkQuery validates the query of an upgrade and reports whether it asks
+// for bare payloads.
+func (h *Hub) checkQuery(rawQuery []byte) (raw bool, err error) {
+	channels := 0
+	q := query{rest: rawQuery}
+	for q.next() {
+		switch q.key {
+		case "channel":
+			channels++
+			if err := h.validate(q.value); err != nil {
+				return false, &codec.HTTPError{Status: 400, Reason: "channel " + strconv.Quote(q.value) + ": " + errorMessage(err)}
+			}
+		case "format":
+			switch q.value {
+			case "json", "":
+				raw = false
+			case "raw":
+				raw = true
+			default:
+				return false, &codec.HTTPError{Status: 400, Reason: `format must be "json" or "raw"`}
+			}
+		}
+	}
+	if q.err != nil {
+		return false, &codec.HTTPError{Status: 400, Reason: "malformed query string"}
+	}
+	if channels > h.maxChannels {
+		return false, &codec.HTTPError{Status: 400, Reason: "at most " + strconv.Itoa(h.maxChannels) + " channels per connection"}
+	}
+	return raw, nil
+}
+
+// Closed drops the socket from every topic and held upgrade.
+func (e endpoint) Closed(c *engine.Conn) {
+	s, ok := c.Session.(*session)
+	if !ok {
+		return
+	}
+	l := e.h.loopFor(c)
+	delete(l.accepting, c)
+	l.unsubscribeAll(c, s)
+	c.Session = nil
+}
+
+// command is a client's in-band request, a JSON text message:
+//
+//	{"op":"subscribe","channel":"game.42","id":"7"}
+//	{"op":"unsubscribe","channel":"game.42","id":"8"}
+//	{"op":"ping"}
+//
+// The id, any JSON value, is echoed in the answer so a client can match it.
+type command struct {
+	Op      string          `json:"op"`
+	Channel string          `json:"channel"`
+	ID      json.RawMessage `json:"id"`
+}
+
+// Message handles a command from the client.
+func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
+	h := e.h
+	l := h.loopFor(c)
+	s := sessionOf(c)
+	var cmd command
+	if op != ws.OpText {
+		l.replyError(c, nil, badRequest("commands are JSON text messages"))
+		return
+	}
+	if err := json.Unmarshal(payload, &cmd); err != nil {
+		l.replyError(c, nil, badRequest("command is not a JSON object"))
+		return
+	}
+	switch cmd.Op {
+	case "subscribe":
+		if err := h.validate(cmd.Channel); err != nil {
+			l.replyError(c, cmd.ID, err)
+			return
+		}
+		_, waits, err := l.subscribe(c, s, cmd.Channel)
+		switch {
+		case err != nil:
+			l.replyError(c, cmd.ID, err)
+		case waits:
+			// Acked once the bus has the subscription; the id outlives the
+			// payload it points into.
+			t := l.topic[cmd.Channel]
+			t.waiters = append(t.waiters, waiter{conn: c, id: append([]byte(nil), cmd.ID...)})
+		default:
+			l.replyAck(c, cmd.ID, nil)
+		}
+	case "unsubscribe":
+		l.unsubscribe(c, s, cmd.Channel)
+		l.replyAck(c, cmd.ID, nil)
+	case "ping":
+		l.reply(c, "pong", cmd.ID)
+	default:
+		l.replyError(c, cmd.ID, badRequest(`unknown op: want "subscribe", "unsubscribe" or "ping"`))
+	}
+}
+
+func badRequest(msg string) error {
+	return &channel.Error{Code: channel.CodeBadRequest, Message: msg}
+}
+
+// replyAck answers a subscribe or unsubscribe: an ack, or err.
+func (l *loopState) replyAck(c *engine.Conn, id []byte, err error) {
+	if err != nil {
+		l.replyError(c, id, err)
+		return
+	}
+	l.reply(c, "ack", id)
+}
+
+// reply sends {"op":op,"id":id}.
+func (l *loopState) reply(c *engine.Conn, op string, id []byte) {
+	b := append(l.replyBuf[:0], `{"op":`...)
+	b = strconv.AppendQuote(b, op)
+	b = appendID(b, id)
+	l.replyBuf = append(b, '}')
+	c.SendFrame(ws.OpText, l.replyBuf)
+}
+
+// replyError sends {"op":"error","id":id,"code":code,"message":message}.
+func (l *loopState) replyError(c *engine.Conn, id []byte, err error) {
+	code := channel.CodeInvalidChannel
+	var ce *channel.Error
+	if errors.As(err, &ce) {
+		code = ce.Code
+	}
+	b := append(l.replyBuf[:0], `{"op":"error"`...)
+	b = appendID(b, id)
+	b = append(b, `,"code":`...)
+	b = strconv.AppendQuote(b, code)
+	b = append(b, `,"message":`...)
+	b = appendJSONString(b, []byte(errorMessage(err)))
+	l.replyBuf = append(b, '}')
+	c.SendFrame(ws.OpText, l.replyBuf)
+}
+
+func appendID(b []byte, id []byte) []byte {
+	if len(id) == 0 {
+		return b
+	}
+	return append(append(b, `,"id":`...), id...)
+}
+
+// errorMessage is the human part of an in-band error.
+func errorMessage(err error) string {
+	var ce *channel.Error
+	if errors.As(err, &ce) {
+		return ce.Message
+	}
+	return err.Error()
+}
