@@ -58,7 +58,8 @@ func (s *broadcastServer) deliver(b *testing.B, channel string, payload []byte) 
 }
 
 // sinkEnv makes the test binary a subscriber sink instead of running tests:
-// "ADDR N CHANNEL" opens N WebSocket connections subscribed to CHANNEL,
+// "ADDR N CHANNEL" opens N WebSocket connections subscribed to CHANNEL (to
+// CHANNEL formatted with the connection's number, if it has a %d),
 // prints "ready" once all are upgraded, and reads and discards until its
 // stdin closes. The benchmark runs it in a child process because one
 // process may hold only 20,000 open files, and each connection costs the
@@ -71,10 +72,14 @@ func runSink(spec string) error {
 	if _, err := fmt.Sscan(spec, &addr, &n, &channel); err != nil {
 		return fmt.Errorf("spec %q: %w", spec, err)
 	}
-	request := "GET /ws?channel=" + channel + " HTTP/1.1\r\nHost: sink\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 	conns := make([]net.Conn, 0, n)
-	for range n {
+	for i := range n {
+		name := channel
+		if strings.Contains(channel, "%d") {
+			name = fmt.Sprintf(channel, i) // a channel of its own
+		}
+		request := "GET /ws?channel=" + name + " HTTP/1.1\r\nHost: sink\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return err
@@ -277,6 +282,15 @@ func processCPU(b *testing.B) time.Duration {
 // connection, with 19,000 connections held by a child process. One op
 // is the whole measurement; run it with -benchtime=1x.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
+	for _, bc := range []struct{ name, channel string }{
+		{"shared", "idle.memory"},
+		{"personal", "user.%d"},
+	} {
+		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel) })
+	}
+}
+
+func benchmarkIdleMemory(b *testing.B, channel string) {
 	const conns = 19_000
 	for range b.N {
 		h := startTestHerald(b, heraldConfig{})
@@ -285,7 +299,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		rssBefore := residentBytes(b)
-		startSink(b, h.srv.Addr(), conns, "idle.memory")
+		startSink(b, h.srv.Addr(), conns, channel)
 		waitFor(b, time.Minute, "every connection upgraded", func() bool { return h.srv.Stats().Upgraded == conns })
 		// First as the connect burst left it, then as a settled server would
 		// be: after the collector has run and the scavenger has returned the

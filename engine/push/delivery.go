@@ -68,8 +68,11 @@ type loopState struct {
 	loop  *engine.Loop
 	bit   uint64            // the loop's bit in hubChannel masks
 	topic map[string]*topic // subscribers on this loop, by channel pattern
-	// accepting are the sockets whose upgrade waits for channels to go live.
+	// accepting are the sockets whose upgrade waits for channels to go live,
+	// and waiting who hears when a topic does: few at any time, so kept
+	// here rather than in every topic.
 	accepting map[*engine.Conn]*acceptWait
+	waiting   map[*topic][]waiter
 	stats     loopStats
 
 	// The inbox is the one place other goroutines reach into a loop: the
@@ -99,14 +102,14 @@ type loopStats struct {
 	latency    histogram
 }
 
-// topic is one loop's subscribers to one channel pattern.
+// topic is one loop's subscribers to one channel pattern. A personal
+// channel has a topic of its own per socket, so it is kept small.
 type topic struct {
 	pattern string
 	channel *hubChannel
 	members []*engine.Conn // each member's subList holds its position here
+	batch   int32          // 1 + index in loopState.groups while a flush runs; 0 otherwise
 	live    bool           // the loop has heard that the channel is live
-	waiters []waiter       // who hears when it is
-	batch   int            // 1 + index in loopState.groups while a flush runs; 0 otherwise
 }
 
 // waiter is a subscription waiting for its channel to go live: an in-band
@@ -143,6 +146,7 @@ func (h *Hub) loopFor(c *engine.Conn) *loopState {
 		bit:       1 << el.Index(),
 		topic:     make(map[string]*topic),
 		accepting: make(map[*engine.Conn]*acceptWait),
+		waiting:   make(map[*topic][]waiter),
 		inMulti:   make(map[*engine.Conn]struct{}),
 	}
 	l.flushTask = gnet.RunnableFunc(l.flush)
@@ -238,7 +242,7 @@ func (l *loopState) deliver(run []*delivery) {
 				} else {
 					l.groups = append(l.groups, group{topic: t})
 				}
-				t.batch = len(l.groups)
+				t.batch = int32(len(l.groups))
 			}
 			g := &l.groups[t.batch-1]
 			g.deliveries = append(g.deliveries, d)

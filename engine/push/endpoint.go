@@ -48,7 +48,7 @@ func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 		}
 		if added && waits {
 			t := l.topic[q.value]
-			t.waiters = append(t.waiters, waiter{conn: c, upgrade: true})
+			l.waiting[t] = append(l.waiting[t], waiter{conn: c, upgrade: true})
 			pending++
 		}
 	}
@@ -144,7 +144,7 @@ func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 			// Acked once the bus has the subscription; the id outlives the
 			// payload it points into.
 			t := l.topic[cmd.Channel]
-			t.waiters = append(t.waiters, waiter{conn: c, id: append([]byte(nil), cmd.ID...)})
+			l.waiting[t] = append(l.waiting[t], waiter{conn: c, id: append([]byte(nil), cmd.ID...)})
 		default:
 			l.replyAck(c, cmd.ID, nil)
 		}

@@ -59,7 +59,7 @@ func (l *loopState) unsubscribe(c *engine.Conn, s *session, pattern string) {
 		return
 	}
 	if t := s.subs.at(k).topic; !t.live {
-		t.waiters = slices.DeleteFunc(t.waiters, func(w waiter) bool {
+		l.waiting[t] = slices.DeleteFunc(l.waiting[t], func(w waiter) bool {
 			if w.conn == c && !w.upgrade {
 				l.replyAck(c, w.id, nil)
 				return true
@@ -110,8 +110,8 @@ func (l *loopState) answered(ch *hubChannel, err error) {
 	if t == nil || t.channel != ch {
 		return
 	}
-	waiters := t.waiters
-	t.waiters = nil
+	waiters := l.waiting[t]
+	delete(l.waiting, t)
 	if err == nil {
 		t.live = true
 		if len(t.members) == 0 {
