@@ -35,9 +35,12 @@ const (
 type Conn struct {
 	gc   gnet.Conn
 	loop *Loop
-	// Session is the endpoint's own state for the connection; the engine
-	// never reads it.
+	// Session is the endpoint's own state for the connection, and Tag a
+	// number it may keep beside it without an allocation (say, the
+	// connection's position in a list of its own); the engine never reads
+	// either.
 	Session  any
+	Tag      uint32
 	deadline uint32 // loop clock of the next sweep action: timeout, ping or reap
 	slot     int32  // index in Loop.pending or Loop.conns
 	scanned  uint16 // bytes of the request head already searched for its end

@@ -299,15 +299,15 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 		if !c.Open() {
 			continue
 		}
-		s := sessionOf(c)
+		raw := isRaw(c)
 		switch {
-		case s.subs.len() > 1:
+		case subCount(c) > 1:
 			if _, seen := l.inMulti[c]; !seen {
 				l.inMulti[c] = struct{}{}
 				l.multi = append(l.multi, c)
 			}
-		case s.raw && rawCount == 0:
-		case s.raw:
+		case raw && rawCount == 0:
+		case raw:
 			c.Send(rawFrames)
 			written += uint64(rawCount)
 			bytes += uint64(len(rawFrames))
@@ -334,7 +334,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 		if !c.Open() {
 			continue
 		}
-		s := sessionOf(c)
+		s := c.Session.(*session) // several subscriptions: always a session
 		buf := l.gather[:0]
 		n := 0
 		for _, d := range run {

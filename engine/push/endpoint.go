@@ -32,15 +32,16 @@ func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 	if err != nil {
 		return err
 	}
-	s := &session{raw: raw}
-	c.Session = s
+	if raw {
+		c.Session = &session{raw: true}
+	}
 	l := h.loopFor(c)
 	pending := 0
 	for q := (query{rest: req.RawQuery}); q.next(); {
 		if q.key != "channel" {
 			continue
 		}
-		added, waits, err := l.subscribe(c, s, q.value)
+		added, waits, err := l.subscribe(c, q.value)
 		if err != nil {
 			// Refused: the engine forgets the socket, so must the hub.
 			e.Closed(c)
@@ -93,13 +94,9 @@ func (h *Hub) checkQuery(rawQuery []byte) (raw bool, err error) {
 
 // Closed drops the socket from every topic and held upgrade.
 func (e endpoint) Closed(c *engine.Conn) {
-	s, ok := c.Session.(*session)
-	if !ok {
-		return
-	}
 	l := e.h.loopFor(c)
 	delete(l.accepting, c)
-	l.unsubscribeAll(c, s)
+	l.unsubscribeAll(c)
 	c.Session = nil
 }
 
@@ -120,7 +117,6 @@ type command struct {
 func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 	h := e.h
 	l := h.loopFor(c)
-	s := sessionOf(c)
 	var cmd command
 	if op != ws.OpText {
 		l.replyError(c, nil, badRequest("commands are JSON text messages"))
@@ -136,7 +132,7 @@ func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 			l.replyError(c, cmd.ID, err)
 			return
 		}
-		_, waits, err := l.subscribe(c, s, cmd.Channel)
+		_, waits, err := l.subscribe(c, cmd.Channel)
 		switch {
 		case err != nil:
 			l.replyError(c, cmd.ID, err)
@@ -149,7 +145,7 @@ func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 			l.replyAck(c, cmd.ID, nil)
 		}
 	case "unsubscribe":
-		l.unsubscribe(c, s, cmd.Channel)
+		l.unsubscribe(c, cmd.Channel)
 		l.replyAck(c, cmd.ID, nil)
 	case "ping":
 		l.reply(c, "pong", cmd.ID)

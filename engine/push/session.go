@@ -8,14 +8,20 @@ import (
 	"github.com/herald-ws/herald/engine"
 )
 
-// session is the protocol's state for one socket. Most sockets follow one
-// channel, so it is small: the first subscription lives in the list itself.
+// A socket's subscriptions live in its c.Session, in the cheapest form
+// that holds them, since most of the millions of sockets follow one
+// channel in the default format:
+//   - nil: no subscription, JSON format;
+//   - *topic: one subscription, JSON format, the socket's position in the
+//     topic's member list in c.Tag: no allocation at all;
+//   - *session: anything else.
+
+// session holds the subscriptions and format of a socket that is not in
+// one of the compact forms.
 type session struct {
 	subs subList
 	raw  bool // bare payloads instead of envelopes
 }
-
-func sessionOf(c *engine.Conn) *session { return c.Session.(*session) }
 
 // sub is one of a socket's subscriptions: the topic, and where the socket
 // sits in its member list, so that leaving costs O(1).
@@ -24,15 +30,88 @@ type sub struct {
 	pos   int32
 }
 
+// subCount is how many channels c follows.
+func subCount(c *engine.Conn) int {
+	switch s := c.Session.(type) {
+	case *topic:
+		return 1
+	case *session:
+		return s.subs.len()
+	}
+	return 0
+}
+
+// isRaw reports whether c wants bare payloads.
+func isRaw(c *engine.Conn) bool {
+	s, ok := c.Session.(*session)
+	return ok && s.raw
+}
+
+// subAt returns c's subscription i.
+func subAt(c *engine.Conn, i int) sub {
+	if t, ok := c.Session.(*topic); ok {
+		return sub{topic: t, pos: int32(c.Tag)}
+	}
+	return *c.Session.(*session).subs.at(i)
+}
+
+// findSub returns the index of c's subscription to pattern, or -1.
+func findSub(c *engine.Conn, pattern string) int {
+	switch s := c.Session.(type) {
+	case *topic:
+		if s.pattern == pattern {
+			return 0
+		}
+	case *session:
+		return s.subs.find(pattern)
+	}
+	return -1
+}
+
+// setPos records that c now sits at pos in the member list of its
+// subscription k.
+func setPos(c *engine.Conn, k int, pos int32) {
+	if _, ok := c.Session.(*topic); ok {
+		c.Tag = uint32(pos)
+		return
+	}
+	c.Session.(*session).subs.at(k).pos = pos
+}
+
+// addSub adds a subscription to c, in the cheapest form that holds them.
+func addSub(c *engine.Conn, sb sub) {
+	switch s := c.Session.(type) {
+	case nil:
+		c.Session, c.Tag = sb.topic, uint32(sb.pos)
+	case *topic:
+		ns := &session{}
+		ns.subs.add(sub{topic: s, pos: int32(c.Tag)})
+		ns.subs.add(sb)
+		c.Session, c.Tag = ns, 0
+	case *session:
+		s.subs.add(sb)
+	}
+}
+
+// removeSub drops c's subscription k.
+func removeSub(c *engine.Conn, k int) {
+	switch s := c.Session.(type) {
+	case *topic:
+		c.Session, c.Tag = nil, 0
+	case *session:
+		s.subs.remove(k)
+	}
+}
+
 // subscribe adds c to pattern's topic on the loop, making the topic (and
 // joining the hub) if it is the loop's first. pattern may be a view of a
 // network buffer: it is copied only if kept. It reports whether the
 // subscription is new, and whether it waits for its channel to go live.
-func (l *loopState) subscribe(c *engine.Conn, s *session, pattern string) (added, pending bool, err error) {
-	if k := s.subs.find(pattern); k >= 0 {
-		return false, !s.subs.at(k).topic.live, nil
+func (l *loopState) subscribe(c *engine.Conn, pattern string) (added, pending bool, err error) {
+	if k := findSub(c, pattern); k >= 0 {
+		return false, !subAt(c, k).topic.live, nil
 	}
-	if s.subs.len() >= l.hub.maxChannels {
+	if subCount(c) >= l.hub.maxChannels {
 		return false, false, l.hub.tooMany()
 	}
 	t := l.topic[pattern]
@@ -42,10 +121,10 @@ func (l *loopState) subscribe(c *engine.Conn, s *session, pattern string) (added
 		l.topic[pattern] = t
 		t.channel = l.hub.join(l, pattern)
 	}
-	if s.raw {
+	if isRaw(c) {
 		t.channel.raw.Add(1)
 	}
-	s.subs.add(sub{topic: t, pos: int32(len(t.members))})
+	addSub(c, sub{topic: t, pos: int32(len(t.members))})
 	t.members = append(t.members, c)
 	return true, !t.live, nil
 }
@@ -53,12 +132,12 @@ func (l *loopState) subscribe(c *engine.Conn, s *session, pattern string) (added
 // unsubscribe removes c from pattern's topic, if it is in it. An in-band
 // subscribe still waiting for that channel is answered first, so that
 // answers come in the order of the requests.
-func (l *loopState) unsubscribe(c *engine.Conn, s *session, pattern string) {
-	k := s.subs.find(pattern)
+func (l *loopState) unsubscribe(c *engine.Conn, pattern string) {
+	k := findSub(c, pattern)
 	if k < 0 {
 		return
 	}
-	if t := s.subs.at(k).topic; !t.live {
+	if t := subAt(c, k).topic; !t.live {
 		l.waiting[t] = slices.DeleteFunc(l.waiting[t], func(w waiter) bool {
 			if w.conn == c && !w.upgrade {
 				l.replyAck(c, w.id, nil)
@@ -67,13 +146,13 @@ func (l *loopState) unsubscribe(c *engine.Conn, s *session, pattern string) {
 			return false
 		})
 	}
-	l.leave(c, s, k)
+	l.leave(c, k)
 }
 
 // unsubscribeAll removes c from every topic.
-func (l *loopState) unsubscribeAll(c *engine.Conn, s *session) {
-	for s.subs.len() > 0 {
-		l.leave(c, s, s.subs.len()-1)
+func (l *loopState) unsubscribeAll(c *engine.Conn) {
+	for n := subCount(c); n > 0; n = subCount(c) {
+		l.leave(c, n-1)
 	}
 }
 
@@ -82,21 +161,20 @@ func (l *loopState) unsubscribeAll(c *engine.Conn, s *session) {
 // left empty goes, unless it still waits for the bus: then it stays until
 // the answer, so that a loop never has two subscriptions in flight for one
 // channel.
-func (l *loopState) leave(c *engine.Conn, s *session, k int) {
-	sb := *s.subs.at(k)
+func (l *loopState) leave(c *engine.Conn, k int) {
+	sb := subAt(c, k)
 	t := sb.topic
 	last := len(t.members) - 1
 	if moved := t.members[last]; moved != c {
 		t.members[sb.pos] = moved
-		ms := sessionOf(moved)
-		ms.subs.at(ms.subs.find(t.pattern)).pos = sb.pos
+		setPos(moved, findSub(moved, t.pattern), sb.pos)
 	}
 	t.members[last] = nil
 	t.members = t.members[:last]
-	if s.raw {
+	if isRaw(c) {
 		t.channel.raw.Add(-1)
 	}
-	s.subs.remove(k)
+	removeSub(c, k)
 	if len(t.members) == 0 && t.live {
 		delete(l.topic, t.pattern)
 		l.hub.leave(l, t.channel)
@@ -121,8 +199,7 @@ func (l *loopState) answered(ch *hubChannel, err error) {
 	} else {
 		delete(l.topic, t.pattern)
 		for _, c := range t.members {
-			s := sessionOf(c)
-			s.subs.remove(s.subs.find(t.pattern))
+			removeSub(c, findSub(c, t.pattern))
 		}
 		t.members = nil
 		err = &channel.Error{Code: channel.CodeUnavailable, Message: "cannot subscribe: " + err.Error()}
