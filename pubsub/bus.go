@@ -405,6 +405,7 @@ func (b *Broker) dispatch() {
 	defer close(b.dispatchDone)
 	d := &dispatcher{b: b, subs: make(map[*nats.Subscription]*subscription)}
 	var next *nats.Msg // taken while grouping, not part of the group
+	var last *nats.Msg // the first copy of the last group delivered
 	for {
 		m := next
 		next = nil
@@ -415,11 +416,18 @@ func (b *Broker) dispatch() {
 		case m == stopMarker:
 			return
 		case m.Sub == nil:
+			// The worker pushes its marker while nats.go's read loop pushes
+			// messages, so the marker can land between two copies of one
+			// publish. Copies of the last message already waiting behind it
+			// are delivered first, as the publish they belong to saw the
+			// subscriptions: the answers then come between two publishes.
+			next = d.carryOver(last)
 			if !d.answers() {
 				return
 			}
 			continue
 		}
+		last = m
 		s := d.lookup(m.Sub)
 		if !d.accept(s, m) {
 			continue
@@ -457,6 +465,35 @@ func (b *Broker) dispatch() {
 		b.messagesIn.Add(uint64(len(ids)))
 		b.handler.Message(m.Subject, m.Data, ids)
 	}
+}
+
+// carryOver delivers the copies of last that wait in the channel, each in
+// a call of its own, and returns the first item that is not one (nil when
+// the channel is empty).
+func (d *dispatcher) carryOver(last *nats.Msg) *nats.Msg {
+	b := d.b
+	for last != nil {
+		var c *nats.Msg
+		select {
+		case c = <-b.msgs:
+		default:
+			return nil
+		}
+		if c.Sub == nil || !sameMessage(last, c) {
+			return c
+		}
+		cs := d.lookup(c.Sub)
+		if cs != nil && cs.group == d.group {
+			return c // a second copy through one subscription is a second publish
+		}
+		if d.accept(cs, c) && !b.quit.Load() {
+			cs.group = d.group
+			d.ids = append(d.ids[:0], cs.id)
+			b.messagesIn.Add(1)
+			b.handler.Message(c.Subject, c.Data, d.ids)
+		}
+	}
+	return nil
 }
 
 // sameMessage reports whether c looks like a copy of m: same subject, reply,
