@@ -366,22 +366,25 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// eachShard calls f on every shard in parallel and returns what each
+// returned, in shard order.
+func (r *runner) eachShard(f func(shardHandle) (*shardResult, error)) ([]*shardResult, []error) {
+	results := make([]*shardResult, len(r.shards))
+	errs := make([]error, len(r.shards))
+	var wg sync.WaitGroup
+	for i, sh := range r.shards {
+		wg.Go(func() { results[i], errs[i] = f(sh) })
+	}
+	wg.Wait()
+	return results, errs
+}
+
 // finishShards collects every shard's report, in parallel, even after the
 // run's context has ended.
 func (r *runner) finishShards() []*shardResult {
 	ctx, cancel := context.WithTimeout(context.Background(), finishGrace)
 	defer cancel()
-	results := make([]*shardResult, len(r.shards))
-	errs := make([]error, len(r.shards))
-	var wg sync.WaitGroup
-	for i, sh := range r.shards {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i], errs[i] = sh.finish(ctx)
-		}()
-	}
-	wg.Wait()
+	results, errs := r.eachShard(func(sh shardHandle) (*shardResult, error) { return sh.finish(ctx) })
 	r.shards = nil
 	var got []*shardResult
 	for i, res := range results {

@@ -598,22 +598,27 @@ func (s *shard) collect() *shardResult {
 	}
 	hist := newLatencyHistogram()
 	for _, l := range s.loopList() {
-		for k, ch := range l.channels {
-			r.Channels[k].Conns += ch.Conns
-			r.Channels[k].Unique += ch.Unique
-			r.Channels[k].Duplicates += ch.Duplicates
-			r.Channels[k].Late += ch.Late
-		}
-		r.Other += l.other
-		r.Reads += l.reads
-		r.LastDelivery = max(r.LastDelivery, l.last.Load())
-		hist.Merge(l.hist)
+		r.add(l, hist)
 	}
 	var err error
 	if r.Latency, err = encodeLatency(hist); err != nil {
 		s.log.Error("latency histogram lost", "err", err)
 	}
 	return r
+}
+
+// add sums what loop l has received into r, and its latencies into hist.
+func (r *shardResult) add(l *loopState, hist *hdrhistogram.Histogram) {
+	for k, ch := range l.channels {
+		r.Channels[k].Conns += ch.Conns
+		r.Channels[k].Unique += ch.Unique
+		r.Channels[k].Duplicates += ch.Duplicates
+		r.Channels[k].Late += ch.Late
+	}
+	r.Other += l.other
+	r.Reads += l.reads
+	r.LastDelivery = max(r.LastDelivery, l.last.Load())
+	hist.Merge(l.hist)
 }
 
 // mark snapshots what the shard has received so far, for one step of a
@@ -628,16 +633,7 @@ func (s *shard) mark() *shardResult {
 	s.onLoops(func(l *loopState) {
 		mu.Lock()
 		defer mu.Unlock()
-		for k, ch := range l.channels {
-			r.Channels[k].Conns += ch.Conns
-			r.Channels[k].Unique += ch.Unique
-			r.Channels[k].Duplicates += ch.Duplicates
-			r.Channels[k].Late += ch.Late
-		}
-		r.Other += l.other
-		r.Reads += l.reads
-		r.LastDelivery = max(r.LastDelivery, l.last.Load())
-		hist.Merge(l.hist)
+		r.add(l, hist)
 		l.hist.Reset()
 	})
 	var err error

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -27,17 +26,7 @@ type snapshot struct {
 
 // markShards asks every shard for its counts, in parallel.
 func (r *runner) markShards(ctx context.Context) (*snapshot, error) {
-	marks := make([]*shardResult, len(r.shards))
-	errs := make([]error, len(r.shards))
-	var wg sync.WaitGroup
-	for i, sh := range r.shards {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			marks[i], errs[i] = sh.mark(ctx)
-		}()
-	}
-	wg.Wait()
+	marks, errs := r.eachShard(func(sh shardHandle) (*shardResult, error) { return sh.mark(ctx) })
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

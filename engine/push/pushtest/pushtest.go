@@ -123,6 +123,10 @@ func (b *Bus) Subscriptions() (now, made int) {
 func (b *Bus) IDs(subject string) []uint64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.idsLocked(subject)
+}
+
+func (b *Bus) idsLocked(subject string) []uint64 {
 	var ids []uint64
 	for _, id := range b.order {
 		if channel.Matches(b.subs[id], subject) {
@@ -137,12 +141,7 @@ func (b *Bus) IDs(subject string) []uint64 {
 func (b *Bus) Publish(subject string, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var ids []uint64
-	for _, id := range b.order {
-		if channel.Matches(b.subs[id], subject) {
-			ids = append(ids, id)
-		}
-	}
+	ids := b.idsLocked(subject)
 	if len(ids) == 0 {
 		return
 	}
@@ -156,10 +155,8 @@ func (b *Bus) PublishCopies(subject string, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h, data := b.hub, slices.Clone(data)
-	for _, id := range b.order {
-		if channel.Matches(b.subs[id], subject) {
-			b.queue <- func() { h.Message(subject, data, []uint64{id}) }
-		}
+	for _, id := range b.idsLocked(subject) {
+		b.queue <- func() { h.Message(subject, data, []uint64{id}) }
 	}
 }
 
