@@ -109,6 +109,10 @@ type Config struct {
 	// HandshakeTimeout is how long a connection may wait for its 101
 	// before it is closed and retried. Default 5 s.
 	HandshakeTimeout time.Duration
+	// Writers is how many threads the floor scenario writes from, each to
+	// its share of the sockets, at once: set it to the server's event loops
+	// to compare like with like. Default 1.
+	Writers int
 	// Listen is where the floor scenario listens for its readers, on
 	// loopback. Default 127.0.0.1:0 (any free port). URL is ignored.
 	Listen string

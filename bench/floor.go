@@ -204,6 +204,65 @@ func writeAll(fds []int, frame []byte) (int, error) {
 	return len(fds), nil
 }
 
+// floorWriter writes each frame it is given to its share of the sockets,
+// on a thread of its own.
+type floorWriter struct {
+	fds    []int
+	frames chan []byte
+	done   chan floorPass
+}
+
+// floorPass is what one writer did with one frame.
+type floorPass struct {
+	n      int
+	err    error
+	thread time.Duration
+}
+
+func startFloorWriters(fds []int, n int) []*floorWriter {
+	ws := make([]*floorWriter, n)
+	for i := range ws {
+		w := &floorWriter{fds: fds[i*len(fds)/n : (i+1)*len(fds)/n], frames: make(chan []byte), done: make(chan floorPass)}
+		ws[i] = w
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for frame := range w.frames {
+				t0 := threadCPU()
+				n, err := writeAll(w.fds, frame)
+				w.done <- floorPass{n, err, threadCPU() - t0}
+			}
+		}()
+	}
+	return ws
+}
+
+func stopFloorWriters(ws []*floorWriter) {
+	for _, w := range ws {
+		close(w.frames)
+	}
+}
+
+// writeParallel has every writer write frame to its sockets at once and
+// returns how many writes succeeded and the first error; thread gains the
+// writers' CPU time.
+func writeParallel(ws []*floorWriter, frame []byte, thread *time.Duration) (int, error) {
+	for _, w := range ws {
+		w.frames <- frame
+	}
+	total := 0
+	var first error
+	for _, w := range ws {
+		p := <-w.done
+		total += p.n
+		*thread += p.thread
+		if p.err != nil && first == nil {
+			first = p.err
+		}
+	}
+	return total, first
+}
+
 // threadCPU is the calling thread's user and system time so far.
 func threadCPU() time.Duration {
 	var ru unix.Rusage
@@ -241,10 +300,15 @@ func (r *runner) floorRun(ctx context.Context) error {
 	var passes []time.Duration
 	var inPass, thread time.Duration
 
-	// The writes run on one locked thread, so that the thread's CPU time
-	// is theirs alone; the process's is what Result.Server.CPU reports.
+	// The writes run on locked threads, so that each thread's CPU time is
+	// theirs alone; the process's is what Result.Server.CPU reports.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	var writers []*floorWriter
+	if cfg.Writers > 1 {
+		writers = startFloorWriters(fds, cfg.Writers)
+		defer stopFloorWriters(writers)
+	}
 	r.phase.Store("publish")
 	start := time.Now()
 	r.publishStart = start
@@ -276,10 +340,16 @@ func (r *runner) floorRun(ctx context.Context) error {
 		t0 := time.Now()
 		payload = AppendPayload(payload[:0], seq, t0.UnixMicro(), cfg.Size)
 		frame = appendFloorFrame(frame[:0], name, payload, cfg.Raw)
-		n, err := writeAll(fds, frame)
+		var n int
+		var err error
+		if len(writers) == 0 {
+			n, err = writeAll(fds, frame)
+			thread += threadCPU() - thr0
+		} else {
+			n, err = writeParallel(writers, frame, &thread)
+		}
 		took := time.Since(t0)
 		inPass += selfCPU() - cpu0
-		thread += threadCPU() - thr0
 		fl.Writes += uint64(n)
 		if err != nil {
 			werr = fmt.Errorf("floor: message %d: write to socket %d of %d: %w", seq, n+1, len(fds), err)

@@ -17,9 +17,9 @@ import (
 // fanout delivery would be.
 func TestFloor(t *testing.T) {
 	for _, raw := range []bool{false, true} {
-		name := "json"
+		name, writers := "json", 1
 		if raw {
-			name = "raw"
+			name, writers = "raw, two writers", 2
 		}
 		t.Run(name, func(t *testing.T) {
 			const conns, messages = 200, 10
@@ -33,6 +33,7 @@ func TestFloor(t *testing.T) {
 				Timeout:      30 * time.Second,
 				Loops:        1,
 				Dialers:      8,
+				Writers:      writers,
 				ShardCommand: testShardCommand,
 			})
 			fl := res.Floor

@@ -126,7 +126,7 @@ for i in $(seq "$runs"); do
   run "idle-personal-$i" idle --channels per-conn --duration 10s --timeout 2m
   run "burst-$i" fanout --nats "nats://$nats" --channels 1 --messages 200 --size 64 --rate 0 --timeout 2m
   run "steady-$i" fanout --nats "nats://$nats" --channels 1 --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
-  run_floor "floor-$i" --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
+  run_floor "floor-$i" --floor-writers "$(nproc)" --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
   # Every message to a different socket: ROUNDS rounds as fast as possible,
   # then paced at 50,000 a second, one socket after another.
   run "personal-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 0 --timeout 2m
@@ -238,7 +238,7 @@ row "fanout steady ($rate msg/s): deliveries/s" "50,000" "$(fig steady '.fanout.
 row "fanout steady: delivered" "100%" "$(fig steady '.fanout.delivered_pct' '%.3g' '%')" "$(verdict "$(raw steady '.fanout.delivered_pct')" '>=' 100)"
 row "fanout steady: p99 publish-to-receive latency" "< 80 ms" "$(fig steady '.fanout.latency.p99_ms' '%.1f' ' ms')" "$(verdict "$(raw steady '.fanout.latency.p99_ms')" '<' 80)"
 row "fanout steady: server CPU per delivery" "< 6 us" "$(fig steady '.server.cpu.us_per_unit' '%.2f' ' us')" "$(verdict "$(raw steady '.server.cpu.us_per_unit')" '<' 6)"
-row "floor ($rate msg/s, a bare write loop, no server): CPU per write" "" "$(fig floor '.server.cpu.us_per_unit' '%.2f' ' us')" ""
+row "floor ($rate msg/s, bare write loops, one per core, no server): CPU per write" "" "$(fig floor '.server.cpu.us_per_unit' '%.2f' ' us')" ""
 row "floor: one pass over all sockets, median" "" "$(fig floor '.floor.pass_median_ms' '%.1f' ' ms')" ""
 row "floor: one pass over all sockets, max" "" "$(fig floor '.floor.pass_max_ms' '%.1f' ' ms')" ""
 row "floor: readers' p99 latency" "" "$(fig floor '.fanout.latency.p99_ms' '%.1f' ' ms')" ""

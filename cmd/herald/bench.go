@@ -99,6 +99,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Rounds, "rounds", 0, "fanout, floor: publish this many messages on every channel, round robin (instead of --messages)")
 	rates := fs.String("rates", "", "fanout: an overload sweep, e.g. 10,50,200: the steady fanout once per `rate` (messages per second over all channels), each for --duration, on the same connections; --messages then applies only if given")
 	fs.StringVar(&cfg.Listen, "floor-listen", "127.0.0.1:0", "floor: the loopback `address` the bench listens on for its readers")
+	fs.IntVar(&cfg.Writers, "floor-writers", 1, "floor: threads writing at once, each to its share of the sockets (match the server's --loops to compare like with like)")
 	size := sizeFlag(fs, "size", 64, "fanout: payload size in bytes, e.g. 64, 1KiB")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout, floor: messages per second over all channels; 0 publishes as fast as possible")
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout: `URL` of the NATS server Herald listens to")
