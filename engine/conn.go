@@ -199,8 +199,7 @@ func (c *Conn) readRequest() {
 	_, _ = c.gc.Discard(n)
 	switch {
 	case err == nil:
-		c.loop.accepting[c] = out
-		c.Accept()
+		c.open(out)
 	case errors.Is(err, ErrAcceptLater):
 		c.loop.accepting[c] = out
 	default:
@@ -219,6 +218,12 @@ func (c *Conn) Accept() {
 	}
 	out := c.loop.accepting[c]
 	delete(c.loop.accepting, c)
+	c.open(out)
+}
+
+// open sends the 101 in out, returns out to its pool, and starts reading
+// the client's frames.
+func (c *Conn) open(out *bytebufferpool.ByteBuffer) {
 	c.setState(stateOpen)
 	c.alive()
 	ok := c.write(out.B)

@@ -437,13 +437,8 @@ func TestCloseHandshakeEndsTheConnectionAtOnce(t *testing.T) {
 	srv := startEngine(t, engine.Config{Echo: true, CloseTimeout: time.Minute})
 	gone := func(t *testing.T) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second) // far below the minute of CloseTimeout
-		for srv.Stats().Open != 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("the server still holds the socket")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		// Far below the minute of CloseTimeout.
+		enginetest.WaitFor(t, 5*time.Second, "the server to drop the socket", func() bool { return srv.Stats().Open == 0 })
 	}
 	t.Run("server closes, client echoes and keeps its socket", func(t *testing.T) {
 		c := dialRaw(t, srv.Addr())
@@ -476,9 +471,7 @@ func TestCloseHandshakeEndsTheConnectionAtOnce(t *testing.T) {
 		c.writeChunked(clientFrame(ws.OpText, true, []byte("hi"), false), 0)
 		start := time.Now()
 		c.expectClose(ws.StatusProtocolError)
-		for srv.Stats().Open != 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
+		enginetest.WaitFor(t, 5*time.Second, "the socket to be closed", func() bool { return srv.Stats().Open == 0 })
 		if waited := time.Since(start); waited < 250*time.Millisecond {
 			t.Fatalf("closed after %v, before the peer had CloseTimeout to answer", waited)
 		}
@@ -515,10 +508,11 @@ func TestEndpointAcceptsLater(t *testing.T) {
 	c := dialRaw(t, addr)
 	c.writeChunked(append([]byte(strings.Replace(upgradeRequest, "%s", "/later", 1)), clientFrame(ws.OpText, true, []byte("early"), true)...), 0)
 	conn := <-ep.held
-	time.Sleep(50 * time.Millisecond)
-	if c.r.Buffered() > 0 {
+	_ = c.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := c.r.Peek(1); err == nil {
 		t.Fatal("answered before Accept")
 	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 	run(conn, conn.Accept)
 	resp, err := http.ReadResponse(c.r, nil)
 	if err != nil || resp.StatusCode != 101 {

@@ -9,13 +9,8 @@ import (
 	"sync"
 
 	"github.com/herald-ws/herald/codec/channel"
+	"github.com/herald-ws/herald/engine/push"
 )
-
-// Hub is what the bus feeds: *push.Hub.
-type Hub interface {
-	Message(subject string, data []byte, subs []uint64)
-	Live(id uint64, err error)
-}
 
 // Bus is an in-memory push.Bus.
 type Bus struct {
@@ -23,7 +18,7 @@ type Bus struct {
 	AutoLive bool
 
 	mu      sync.Mutex
-	hub     Hub
+	hub     *push.Hub
 	subs    map[uint64]string // live or not, until unsubscribed
 	waiting map[uint64]string // not confirmed yet
 	order   []uint64          // subscription ids in the order made
@@ -43,7 +38,7 @@ func New() *Bus {
 }
 
 // Attach sets the hub the bus feeds.
-func (b *Bus) Attach(h Hub) {
+func (b *Bus) Attach(h *push.Hub) {
 	b.mu.Lock()
 	b.hub = h
 	b.mu.Unlock()
