@@ -24,6 +24,7 @@ const (
 	CodeTooManyChannels   = "too_many_channels"  // over the per-connection cap
 	CodeBadRequest        = "bad_request"        // not a command Herald knows
 	CodeUnavailable       = "unavailable"        // the bus could not subscribe
+	CodeForbidden         = "forbidden"          // not permitted to this client
 )
 
 // Error is a refusal a client can act on. Code is stable and
@@ -155,5 +156,57 @@ func Matches(pattern, subject string) bool {
 			return pi < 0 && si < 0
 		}
 		pattern, subject = pattern[pi+1:], subject[si+1:]
+	}
+}
+
+// Reserved reports whether ch lies in a subject space no client may touch:
+// its first token starts with '$' or '_'. NATS keeps its own APIs and reply
+// subjects there ($SYS., $JS., $KV., $O., $SRV., _INBOX., _R_. and more), and
+// new ones keep appearing under the same two prefixes, so the rule is the
+// prefix, not a list. A pattern whose first token is a wildcard is not
+// reserved by this test, but can match reserved subjects: see Covers.
+func Reserved(ch string) bool {
+	return ch != "" && (ch[0] == '$' || ch[0] == '_')
+}
+
+// Covers reports whether every subject that pattern p matches is also matched
+// by pattern a: the question "does permission a allow subscribing to p".
+// For example prices.> covers prices.* and prices.A.B, prices.* does not
+// cover prices.>, and > is covered only by >. A literal covers only itself.
+// Both are expected to be valid patterns (see Validate). Covers does not
+// allocate.
+func Covers(a, p string) bool {
+	if a == "" || p == "" {
+		return false
+	}
+	for {
+		ai := strings.IndexByte(a, '.')
+		atok := a
+		if ai >= 0 {
+			atok = a[:ai]
+		}
+		pi := strings.IndexByte(p, '.')
+		ptok := p
+		if pi >= 0 {
+			ptok = p[:pi]
+		}
+		switch {
+		case ai < 0 && atok == ">":
+			// p has at least one token left here, and whatever it is
+			// (literal, '*' or '>') it matches one or more tokens.
+			return true
+		case ptok == ">":
+			// p matches any number of tokens from here; only a '>' in a
+			// (the case above) matches them all.
+			return false
+		case atok != "*" && atok != ptok:
+			// A literal in a matches only itself, so p must have the
+			// same literal ('*' in p would match other tokens).
+			return false
+		}
+		if ai < 0 || pi < 0 {
+			return ai < 0 && pi < 0
+		}
+		a, p = a[ai+1:], p[pi+1:]
 	}
 }

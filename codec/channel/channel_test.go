@@ -2,6 +2,7 @@ package channel
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -137,6 +138,7 @@ func TestNoAllocations(t *testing.T) {
 		"ValidateChannel":      func() { _ = Validate("prices.*.AAPL.>", true) },
 		"ValidateChannelBytes": func() { _ = ValidateBytes(subject, false) },
 		"Matches":              func() { _ = Matches("prices.*.AAPL.>", "prices.NASDAQ.AAPL.bid") },
+		"Covers":               func() { _ = Covers("prices.*.>", "prices.NASDAQ.*.bid") },
 	}
 	for name, f := range checks {
 		if n := testing.AllocsPerRun(100, f); n != 0 {
@@ -227,6 +229,112 @@ func FuzzValidate(f *testing.F) {
 		}
 		if literal && !Matches(ch, ch) {
 			t.Fatalf("literal %q does not match itself", ch)
+		}
+	})
+}
+
+func TestCovers(t *testing.T) {
+	for _, tc := range []struct {
+		a, p string
+		want bool
+	}{
+		{"prices.>", "prices.*", true},
+		{"prices.>", "prices.A.B", true},
+		{"prices.>", "prices.>", true},
+		{"prices.*", "prices.>", false},
+		{"prices.*", "prices.AAPL", true},
+		{"prices.*", "prices.*", true},
+		{"prices.*", "prices", false},
+		{"prices.>", "prices", false},
+		{">", ">", true},
+		{">", "*.>", true},
+		{"*.>", ">", false},
+		{"*.*", "*.>", false},
+		{"*", ">", false},
+		{"a.b", "a.b", true},
+		{"a.b", "a.*", false},
+		{"a.*.c", "a.b.c", true},
+		{"a.*.c", "a.b.d", false},
+		{"a.*.>", "a.*.c.>", true},
+		{"a.b.>", "a.*.c", false},
+		{"user.42.>", "user.42.inbox", true},
+		{"user.42.>", "user.4.inbox", false},
+		{"user.42.>", "user.420.inbox", false},
+		{"", "a", false},
+		{"a", "", false},
+	} {
+		if got := Covers(tc.a, tc.p); got != tc.want {
+			t.Errorf("Covers(%q, %q) = %v, want %v", tc.a, tc.p, got, tc.want)
+		}
+	}
+}
+
+func TestReserved(t *testing.T) {
+	for _, ch := range []string{"_INBOX.x", "_R_.a", "_GR_.b", "$SYS.>", "$JS.API.>", "$KV.b.k", "$O.x", "$SRV.PING", "$NRG.x", "$MQTT.sess", "_x", "$"} {
+		if !Reserved(ch) {
+			t.Errorf("Reserved(%q) = false", ch)
+		}
+	}
+	for _, ch := range []string{"prices.AAPL", "x._INBOX", "a.$JS", ">", "*.x", "", "INBOX.x", "JS.API"} {
+		if Reserved(ch) {
+			t.Errorf("Reserved(%q) = true", ch)
+		}
+	}
+}
+
+// FuzzCovers checks Covers against its definition by brute force: a covers p
+// exactly when every subject p matches (up to one token longer than either
+// pattern, over the patterns' own tokens and one token neither has) is
+// matched by a. Longer subjects add nothing: past both patterns' lengths
+// only a trailing '>' still matches, and it matches one extra token as well
+// as many.
+func FuzzCovers(f *testing.F) {
+	for _, s := range [][2]string{
+		{"prices.>", "prices.*"}, {"prices.*", "prices.>"}, {">", "*.>"}, {"*.>", ">"},
+		{"a.*.c", "a.b.c"}, {"a.*.>", "a.b.>"}, {"*.*", "a.>"}, {"a.b", "a.b"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, a, p string) {
+		if Validate(a, true) != nil || Validate(p, true) != nil {
+			return
+		}
+		ta, tp := strings.Split(a, "."), strings.Split(p, ".")
+		if len(ta) > 5 || len(tp) > 5 {
+			return // keep the enumeration small: 5 tokens is every shape
+		}
+		alphabet := []string{"fresh~"}
+		for _, tok := range append(ta, tp...) {
+			if tok != "*" && tok != ">" && !slices.Contains(alphabet, tok) {
+				alphabet = append(alphabet, tok)
+			}
+		}
+		want := true
+		var subject []string
+		var walk func(depth int)
+		walk = func(depth int) {
+			if !want {
+				return
+			}
+			if len(subject) > 0 {
+				s := strings.Join(subject, ".")
+				if Matches(p, s) && !Matches(a, s) {
+					want = false
+					return
+				}
+			}
+			if depth == 0 {
+				return
+			}
+			for _, tok := range alphabet {
+				subject = append(subject, tok)
+				walk(depth - 1)
+				subject = subject[:len(subject)-1]
+			}
+		}
+		walk(max(len(ta), len(tp)) + 1)
+		if got := Covers(a, p); got != want {
+			t.Fatalf("Covers(%q, %q) = %v, brute force says %v", a, p, got, want)
 		}
 	})
 }
