@@ -228,9 +228,15 @@ func (c *Conn) open(out *bytebufferpool.ByteBuffer) {
 	c.alive()
 	ok := c.write(out.B)
 	bytebufferpool.Put(out)
-	if ok {
-		c.readFrames() // frames the client sent right behind its request
+	if !ok {
+		return
 	}
+	if o, isOpener := c.loop.s.endpoints[c.route-1].(Opener); isOpener {
+		if o.Opened(c); c.state != stateOpen {
+			return // the endpoint closed it
+		}
+	}
+	c.readFrames() // frames the client sent right behind its request
 }
 
 // Refuse answers an upgrade that is waiting for Accept with an HTTP error

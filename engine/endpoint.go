@@ -37,6 +37,24 @@ type Endpoint interface {
 	Closed(c *Conn)
 }
 
+// Opener is an Endpoint that wants to hear when a socket opens: Opened
+// runs on c's loop right after the 101 is written and before any frame of
+// the client is read, so what it sends is the first thing the client
+// reads after the 101 (a greeting, say).
+type Opener interface {
+	Opened(c *Conn)
+}
+
+// Ticker is an Endpoint with work of its own to do on a clock, such as
+// closing sockets whose credentials expired. Tick runs on each loop at
+// every sweep of that loop's connections (at most a quarter of a second
+// apart), so the endpoint needs no timer of its own per loop or per
+// socket. It must be quick: every socket of the loop waits for it. An
+// endpoint served at several paths ticks once per path.
+type Ticker interface {
+	Tick(l *Loop)
+}
+
 // ErrAcceptLater is what Endpoint.Upgrade returns to hold the 101 until it
 // calls Conn.Accept.
 var ErrAcceptLater = errors.New("engine: upgrade accepted later")

@@ -186,6 +186,7 @@ type Server struct {
 	epoch    time.Time // the zero of clock
 	// endpoints[i] serves the paths whose route is i+1.
 	endpoints []Endpoint
+	tickers   []Ticker // the endpoints that are Tickers
 	paths     map[string]uint8
 
 	// sweepEvery is how often loops sweep; sweepPeriod how long a sweep of
@@ -254,6 +255,9 @@ func New(cfg Config) (*Server, error) {
 			return nil, errors.New("engine: more than 255 endpoints")
 		}
 		s.endpoints = append(s.endpoints, endpoints[path])
+		if t, ok := endpoints[path].(Ticker); ok {
+			s.tickers = append(s.tickers, t)
+		}
 		s.paths[path] = uint8(len(s.endpoints))
 	}
 	s.loops.Store(new([]*Loop))

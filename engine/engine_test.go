@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -559,4 +560,34 @@ func TestCheckUpgradeSeesTheRequest(t *testing.T) {
 	if resp := dialRaw(t, addr).request(req("token=good", "X-Test: yes")); resp.StatusCode != 101 {
 		t.Fatalf("good token answered %d, want 101", resp.StatusCode)
 	}
+}
+
+// greeter greets every socket as it opens, and counts its ticks per loop.
+type greeter struct{ ticks *[engine.MaxLoops]atomic.Int64 }
+
+func (greeter) Upgrade(*engine.Conn, *codec.Request) error     { return nil }
+func (greeter) Message(c *engine.Conn, op ws.OpCode, p []byte) { c.SendFrame(op, p) }
+func (greeter) Closed(*engine.Conn)                            {}
+func (greeter) Opened(c *engine.Conn)                          { c.SendFrame(ws.OpText, []byte("hello")) }
+func (g greeter) Tick(l *engine.Loop)                          { g.ticks[l.Index()].Add(1) }
+
+// An Opener's first frame comes right after the 101, before the echo of a
+// frame the client sent right behind its request; a Ticker ticks on the
+// loops (those with a connection) without a timer of its own.
+func TestOpenerGreetsFirstAndTickerTicks(t *testing.T) {
+	ticks := new([engine.MaxLoops]atomic.Int64)
+	addr := startServer(t, engine.Config{
+		Endpoints: map[string]engine.Endpoint{"/greet": greeter{ticks}},
+		Loops:     2,
+	})
+	c := dialRaw(t, addr)
+	c.writeChunked(append([]byte(strings.Replace(upgradeRequest, "%s", "/greet", 1)), clientFrame(ws.OpText, true, []byte("early"), true)...), 0)
+	if resp, err := http.ReadResponse(c.r, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade answered %v, %v", resp, err)
+	}
+	c.expectMessage(ws.OpText, []byte("hello"))
+	c.expectMessage(ws.OpText, []byte("early"))
+	enginetest.WaitFor(t, 10*time.Second, "the connection's loop to tick", func() bool {
+		return ticks[0].Load() > 1 || ticks[1].Load() > 1
+	})
 }

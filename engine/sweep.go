@@ -96,6 +96,9 @@ func (l *Loop) sweep(context.Context) error {
 		}
 	}
 	l.sweepOpen(now)
+	for _, t := range l.s.tickers {
+		t.Tick(l)
+	}
 	if l.s.draining.Load() {
 		l.drainStep(time.Now().UnixNano())
 	}
