@@ -1,34 +1,27 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"reflect"
-	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/chromedp/chromedp"
 )
 
-// The demo page in headless Chromium, driven over the DevTools protocol:
-// it connects, shows prices `herald demo` publishes through NATS with
-// their latency, tells the visitor when the server is gone, reconnects by
-// itself once Herald is back on the same port, and says so when opened as
-// a file. The README's client snippet works as written in the same browser.
+// The demo page in headless Chromium, driven with chromedp: it connects,
+// shows prices `herald demo` publishes through NATS with their latency,
+// tells the visitor when the server is gone, reconnects by itself once
+// Herald is back on the same port, and says so when opened as a file. The
+// README's client snippet works as written in the same browser.
 // Screenshots go to $HERALD_ARTEFACTS (default testdata/artefacts).
 func TestDemoPageInBrowser(t *testing.T) {
-	browser := startChromium(t)
+	browser := newBrowser(t)
 	addr, natsAddr := freeAddr(t), freeAddr(t)
 	h := startHeraldAt(t, addr, natsAddr)
 
@@ -46,20 +39,10 @@ func TestDemoPageInBrowser(t *testing.T) {
 		}
 	}()
 
-	page := browser.newPage(t)
-	page.navigate(t, "http://"+addr+"/")
-	var board demoBoard
-	page.waitFor(t, 20*time.Second, "every symbol's price and latency on the board", &board, func() bool {
-		if board.State != "open" || len(board.Rows) != len(symbols) || !strings.Contains(strings.Join(board.Channels, " "), "subscribed prices.*") {
-			return false
-		}
-		for _, r := range board.Rows {
-			if !regexp.MustCompile(`^\d+\.\d\d$`).MatchString(r.Px) || !regexp.MustCompile(`^\d+ ms$`).MatchString(r.Latency) {
-				return false
-			}
-		}
-		return true
-	})
+	page := openPage(t, browser, "http://"+addr+"/")
+	board := waitBoard(t, page, 20*time.Second, "every symbol's price and latency on the board", `(b, n) =>
+		b.state === "open" && b.rows.length === n && b.channels.join(" ").includes("subscribed prices.*") &&
+		b.rows.every((r) => /^\d+\.\d\d$/.test(r.px) && /^\d+ ms$/.test(r.latency))`, len(symbols))
 	for _, r := range board.Rows {
 		var ms int
 		fmt.Sscanf(r.Latency, "%d ms", &ms)
@@ -75,29 +58,20 @@ func TestDemoPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopHerald(t, h)
-	page.waitFor(t, 10*time.Second, "the page to notice the server is gone", &board, func() bool {
-		return board.State != "open" && strings.Contains(board.Notice, "Lost the connection to Herald (1001")
-	})
-	page.screenshot(t, "demo-server-gone.png")
+	board = waitBoard(t, page, 10*time.Second, "the page to notice the server is gone", `(b) =>
+		b.state !== "open" && b.notice.includes("Lost the connection to Herald (1001")`)
+	screenshot(t, page, "demo-server-gone.png")
 	before := board.Updates
 	restarted := time.Now()
 
 	// Herald is back on the same port: the page reconnects by itself and
 	// prices published after the restart show up.
 	h = startHeraldAt(t, addr, natsAddr)
-	page.waitFor(t, 30*time.Second, "the page to reconnect and show new prices", &board, func() bool {
-		if board.State != "open" || board.Reconnects < 1 || board.Updates < before+len(symbols) || board.Notice != "" {
-			return false
-		}
-		for _, r := range board.Rows {
-			if r.TS < restarted.UnixMilli() {
-				return false
-			}
-		}
-		return true
-	})
-	page.screenshot(t, "demo.png")
-	if errs := page.exceptions(); len(errs) > 0 {
+	waitBoard(t, page, 30*time.Second, "the page to reconnect and show new prices", `(b, updates, restarted) =>
+		b.state === "open" && b.reconnects >= 1 && b.updates >= updates && b.notice === "" &&
+		b.rows.every((r) => r.ts >= restarted)`, before+len(symbols), restarted.UnixMilli())
+	screenshot(t, page, "demo.png")
+	if errs := pageExceptions(page); len(errs) > 0 {
 		t.Errorf("the page threw:\n%s", strings.Join(errs, "\n"))
 	}
 
@@ -107,15 +81,14 @@ func TestDemoPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	// It tries the default address, where no Herald may be running.
-	page.navigate(t, "file://"+index)
-	var fromFile struct {
+	navigate(t, page, "file://"+index)
+	waitPage[struct {
 		Note  bool
 		Board demoBoard
-	}
-	page.waitFor(t, 10*time.Second, "the file:// note", &fromFile, func() bool {
-		return fromFile.Note && (fromFile.Board.State == "open" || strings.Contains(fromFile.Board.Notice, "Cannot reach Herald at ws://127.0.0.1:8080/ws"))
-	}, `({note: !document.querySelector("#file-note").hidden && document.querySelector("#file-note").innerText.includes("herald serve"), board: `+demoBoardJS+`})`)
-	page.screenshot(t, "demo-file.png")
+	}](t, page, 10*time.Second, "the file:// note",
+		`({note: !document.querySelector("#file-note").hidden && document.querySelector("#file-note").innerText.includes("herald serve"), board: `+demoBoardJS+`})`,
+		`(v) => v.note && (v.board.state === "open" || v.board.notice.includes("Cannot reach Herald at ws://127.0.0.1:8080/ws"))`)
+	screenshot(t, page, "demo-file.png")
 
 	// The README's usage snippet, saved as a file and opened, with the
 	// address of this test's Herald.
@@ -127,11 +100,9 @@ func TestDemoPageInBrowser(t *testing.T) {
 	if err := os.WriteFile(file, []byte(strings.ReplaceAll(snippet, "127.0.0.1:8080", addr)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	page.navigate(t, "file://"+file)
-	var text string
-	page.waitFor(t, 15*time.Second, "the README snippet to print prices", &text, func() bool {
-		return strings.Contains(text, "prices.AAPL {") && strings.Contains(text, "prices.MSFT {")
-	}, `document.body.innerText`)
+	navigate(t, page, "file://"+file)
+	waitPage[string](t, page, 15*time.Second, "the README snippet to print prices", `document.body.innerText`,
+		`(text) => text.includes("prices.AAPL {") && text.includes("prices.MSFT {")`)
 }
 
 // demoBoard is what the demo page shows, read from its DOM.
@@ -163,294 +134,163 @@ const demoBoardJS = `(() => {
   };
 })()`
 
-// chromium is a headless Chromium driven over the DevTools protocol.
-type chromium struct {
-	ws      *websocket.Conn
-	writeMu sync.Mutex
-
-	mu      sync.Mutex
-	nextID  int64
-	calls   map[int64]chan cdpMessage
-	console []string // console messages and exceptions, for failures
-	thrown  []string
-	closed  chan struct{}
+// waitBoard waits for the demo board to satisfy cond; see waitPage.
+func waitBoard(t *testing.T, page context.Context, bound time.Duration, what, cond string, args ...any) demoBoard {
+	t.Helper()
+	return waitPage[demoBoard](t, page, bound, what, demoBoardJS, cond, args...)
 }
 
-type cdpMessage struct {
-	ID     int64           `json:"id"`
-	Method string          `json:"method"`
-	Params json.RawMessage `json:"params"`
-	Result json.RawMessage `json:"result"`
-	Error  *struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
+// The browser and its tabs, for any test that drives a page. A browser
+// context comes from newBrowser, a tab from openPage; chromedp runs the
+// actions of a tab with chromedp.Run and chromedp.Do on its context.
+const (
+	browserStart  = 30 * time.Second // to start Chromium, or open a tab
+	browserStep   = 20 * time.Second // for one action: navigate, evaluate, screenshot
+	browserWidth  = 1000
+	browserHeight = 700
+)
 
-// startChromium starts headless Chromium with a fresh profile. Without
+// newBrowser starts headless Chromium with a fresh profile, closed when the
+// test ends, and returns its chromedp context for openPage. Without
 // Chromium the test is skipped, unless CI=true; a Chromium that is there
-// but does not start fails the test.
-func startChromium(t *testing.T) *chromium {
+// but does not start fails the test. $HERALD_CHROMIUM names another binary.
+func newBrowser(t *testing.T) context.Context {
 	t.Helper()
 	bin := os.Getenv("HERALD_CHROMIUM")
 	if bin == "" {
 		bin = requireTool(t, "chromium", "apt-get install -y chromium")
 	}
-	profile := t.TempDir()
-	cmd := exec.Command(bin,
-		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-		"--disable-component-update", "--disable-sync", "--no-first-run",
-		"--user-data-dir="+profile, "--remote-debugging-port=0",
-		"--window-size=1000,700", "--hide-scrollbars", "about:blank")
-	// Its own process group, so that the renderers go with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
+	var output syncBuffer // Chromium's stdout and stderr, for a failure
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin),
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-component-update", true),
+		chromedp.WindowSize(browserWidth, browserHeight),
+		chromedp.CombinedOutput(&output),
+	)
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox) // Chromium's sandbox refuses root
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	exited := make(chan struct{})
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(allocCtx)
 	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-exited
-	})
-	// The DevTools address is on stderr; keep the rest for a failure.
-	found := make(chan string, 1)
-	var log syncBuffer
-	go func() {
-		defer close(exited)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			if m := regexp.MustCompile(`DevTools listening on (ws://\S+)`).FindStringSubmatch(line); m != nil {
-				found <- m[1]
-			}
-			if !strings.Contains(line, "dbus") { // noise on machines without a session bus
-				fmt.Fprintln(&log, line)
-			}
+		// Close it gracefully, and kill it if that takes too long.
+		closeCtx, cancelClose := context.WithTimeout(ctx, 10*time.Second)
+		defer cancelClose()
+		if err := chromedp.Cancel(closeCtx); err != nil {
+			t.Errorf("close Chromium: %v", err)
 		}
-		_, _ = io.Copy(io.Discard, stderr)
-		_ = cmd.Wait()
-	}()
-	var url string
-	select {
-	case url = <-found:
-	case <-exited:
-		t.Fatalf("%s exited before it listened:\n%s", bin, log.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s did not print its DevTools address within 30s:\n%s", bin, log.String())
-	}
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err != nil {
-		t.Fatalf("connect to Chromium's DevTools at %s: %v", url, err)
-	}
-	ws.SetReadLimit(64 << 20) // screenshots
-	c := &chromium{ws: ws, calls: make(map[int64]chan cdpMessage), closed: make(chan struct{})}
-	go c.read()
-	t.Cleanup(func() {
-		ws.Close()
+		cancel()
 		if t.Failed() {
-			t.Logf("browser console:\n%s\nchromium stderr (tail):\n%s", strings.Join(c.logs(), "\n"), tail(log.String(), 3000))
+			t.Logf("chromium output (tail):\n%s", tail(withoutDBus(output.String()), 3000))
 		}
 	})
-	return c
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
+	if err := runFirst(ctx, cancel); err != nil {
+		t.Fatalf("start %s: %v", bin, err) // its output follows, from the cleanup
 	}
-	return s
+	return ctx
 }
 
-func (c *chromium) read() {
-	defer close(c.closed)
-	for {
-		var m cdpMessage
-		if err := c.ws.ReadJSON(&m); err != nil {
-			return
-		}
-		c.mu.Lock()
-		if m.ID != 0 {
-			if ch := c.calls[m.ID]; ch != nil {
-				ch <- m
-				delete(c.calls, m.ID)
-			}
-		}
-		switch m.Method {
-		case "Runtime.consoleAPICalled":
-			var p struct {
-				Type string
-				Args []struct {
-					Value       any
-					Description string
-				}
-			}
-			_ = json.Unmarshal(m.Params, &p)
-			line := "console." + p.Type + ":"
-			for _, a := range p.Args {
-				if a.Value != nil {
-					line += fmt.Sprintf(" %v", a.Value)
-				} else {
-					line += " " + a.Description
-				}
-			}
-			c.console = append(c.console, line)
-		case "Runtime.exceptionThrown":
-			var p struct {
-				ExceptionDetails struct {
-					Text      string
-					URL       string
-					Exception struct{ Description string }
-				}
-			}
-			_ = json.Unmarshal(m.Params, &p)
-			d := p.ExceptionDetails
-			e := fmt.Sprintf("%s %s %s", d.URL, d.Text, d.Exception.Description)
-			c.console = append(c.console, "exception: "+e)
-			c.thrown = append(c.thrown, e)
-		case "Log.entryAdded":
-			var p struct {
-				Entry struct{ Level, Text, URL string }
-			}
-			_ = json.Unmarshal(m.Params, &p)
-			c.console = append(c.console, fmt.Sprintf("log.%s: %s %s", p.Entry.Level, p.Entry.Text, p.Entry.URL))
-		}
-		c.mu.Unlock()
+// runFirst runs the first action on a chromedp context, which starts its
+// browser or opens its tab. chromedp ties the browser or tab to the context
+// of that first run, so it is bounded by cancelling ctx after browserStart
+// rather than by a context.WithTimeout that would close it when done.
+func runFirst(ctx context.Context, cancel context.CancelFunc, actions ...chromedp.Action[chromedp.Void]) error {
+	timer := time.AfterFunc(browserStart, cancel)
+	err := chromedp.Do(ctx, actions...)
+	if !timer.Stop() {
+		return fmt.Errorf("not done within %v: %w", browserStart, err)
 	}
+	return err
 }
 
-func (c *chromium) logs() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.console...)
-}
-
-// call sends one DevTools command, to the page of session if not "", and
-// decodes its result into result.
-func (c *chromium) call(t *testing.T, session, method string, params, result any) {
+// openPage opens a new tab of browser, in a window of its own so that it
+// keeps running when another tab is in front, and navigates it to url. The
+// tab closes when the test ends; on a failure the test logs its console.
+func openPage(t *testing.T, browser context.Context, url string) context.Context {
 	t.Helper()
-	c.mu.Lock()
-	c.nextID++
-	id := c.nextID
-	reply := make(chan cdpMessage, 1)
-	c.calls[id] = reply
-	c.mu.Unlock()
-	msg := map[string]any{"id": id, "method": method, "params": params}
-	if session != "" {
-		msg["sessionId"] = session
+	ctx, cancel := chromedp.NewContext(browser)
+	t.Cleanup(cancel)
+	if err := runFirst(ctx, cancel, chromedp.EmulateViewport(browserWidth, browserHeight)); err != nil {
+		t.Fatalf("open a tab: %v", err)
 	}
-	c.writeMu.Lock()
-	err := c.ws.WriteJSON(msg)
-	c.writeMu.Unlock()
-	if err != nil {
-		t.Fatalf("DevTools %s: %v", method, err)
-	}
-	select {
-	case m := <-reply:
-		if m.Error != nil {
-			t.Fatalf("DevTools %s: %d %s", method, m.Error.Code, m.Error.Message)
-		}
-		if result != nil {
-			if err := json.Unmarshal(m.Result, result); err != nil {
-				t.Fatalf("DevTools %s: %v in %s", method, err, m.Result)
+	console := &pageConsole{}
+	ctx = context.WithValue(ctx, pageConsoleKey{}, console)
+	messages := chromedp.Console(ctx) // subscribed from here: nothing is lost
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range messages {
+			if err != nil {
+				return
 			}
+			console.add(m)
 		}
-	case <-c.closed:
-		t.Fatalf("DevTools %s: the browser connection closed", method)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("DevTools %s: no answer within 20s", method)
-	}
-}
-
-// page is one browser tab.
-type page struct {
-	c       *chromium
-	session string
-}
-
-func (c *chromium) newPage(t *testing.T) *page {
-	t.Helper()
-	var target struct{ TargetID string }
-	c.call(t, "", "Target.createTarget", map[string]any{"url": "about:blank"}, &target)
-	var attached struct{ SessionID string }
-	c.call(t, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}, &attached)
-	p := &page{c: c, session: attached.SessionID}
-	for _, domain := range []string{"Runtime.enable", "Page.enable", "Log.enable"} {
-		c.call(t, p.session, domain, map[string]any{}, nil)
-	}
-	c.call(t, p.session, "Emulation.setDeviceMetricsOverride",
-		map[string]any{"width": 1000, "height": 700, "deviceScaleFactor": 1, "mobile": false}, nil)
-	return p
-}
-
-func (p *page) navigate(t *testing.T, url string) {
-	t.Helper()
-	var nav struct{ ErrorText string }
-	p.c.call(t, p.session, "Page.navigate", map[string]any{"url": url}, &nav)
-	if nav.ErrorText != "" {
-		t.Fatalf("navigate to %s: %s", url, nav.ErrorText)
-	}
-}
-
-// eval evaluates a JavaScript expression in the page into out.
-func (p *page) eval(t *testing.T, expr string, out any) {
-	t.Helper()
-	var r struct {
-		Result           struct{ Value json.RawMessage }
-		ExceptionDetails *struct {
-			Text      string
-			Exception struct{ Description string }
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Logf("browser console of %s:\n%s", url, strings.Join(console.all(), "\n"))
 		}
-	}
-	p.c.call(t, p.session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true}, &r)
-	if r.ExceptionDetails != nil {
-		// The page may be between documents: try again at the next poll.
-		return
-	}
-	if len(r.Result.Value) > 0 {
-		_ = json.Unmarshal(r.Result.Value, out)
-	}
+	})
+	navigate(t, ctx, url)
+	return ctx
 }
 
-// waitFor evaluates expr (by default the demo board) into out until cond
-// holds, and fails after bound with the last value.
-func (p *page) waitFor(t *testing.T, bound time.Duration, what string, out any, cond func() bool, expr ...string) {
+// navigate loads url in the tab page and waits for its load event.
+func navigate(t *testing.T, page context.Context, url string) {
 	t.Helper()
-	js := demoBoardJS
-	if len(expr) > 0 {
-		js = expr[0]
-	}
-	deadline := time.Now().Add(bound)
-	for {
-		reflect.ValueOf(out).Elem().SetZero() // nothing stale if eval fails
-		p.eval(t, js, out)
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			last, _ := json.MarshalIndent(out, "", "  ")
-			p.screenshot(t, "failure.png")
-			t.Fatalf("timed out after %v waiting for %s; the page shows:\n%s", bound, what, last)
-		}
-		time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(page, browserStep)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("navigate to %s: %v", url, err)
 	}
 }
 
-// screenshot saves the page as a PNG test artefact.
-func (p *page) screenshot(t *testing.T, name string) {
+// waitPage waits in the page until cond, a JavaScript function of the value
+// of the expression expr and of args, returns true, and returns that value.
+// After bound it saves a screenshot and fails with the value it last had.
+func waitPage[T any](t *testing.T, page context.Context, bound time.Duration, what, expr, cond string, args ...any) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(page, bound+browserStep)
+	defer cancel()
+	// {v}, as v itself may be falsy.
+	predicate := fmt.Sprintf(`(...args) => { const v = (%s); return (%s)(v, ...args) ? {v} : false; }`, expr, cond)
+	got, err := chromedp.Run(ctx, chromedp.PollFunction[struct{ V T }](predicate,
+		chromedp.WithPollingArgs(args...),
+		chromedp.WithPollingInterval(50*time.Millisecond),
+		chromedp.WithPollingTimeout(bound)))
+	if err == nil {
+		return got.V
+	}
+	evalCtx, cancelEval := context.WithTimeout(page, browserStep)
+	defer cancelEval()
+	var shows string
+	if last, err := chromedp.Run(evalCtx, chromedp.Evaluate[T](expr)); err != nil {
+		shows = err.Error()
+	} else {
+		b, _ := json.MarshalIndent(last, "", "  ")
+		shows = string(b)
+	}
+	screenshot(t, page, "failure.png")
+	t.Fatalf("timed out after %v waiting for %s (%v); the page shows:\n%s", bound, what, err, shows)
+	return got.V
+}
+
+// screenshot saves the page's viewport as a PNG test artefact.
+func screenshot(t *testing.T, page context.Context, name string) {
 	t.Helper()
 	dir := os.Getenv("HERALD_ARTEFACTS")
 	if dir == "" {
 		dir = filepath.Join("testdata", "artefacts")
 	}
-	var shot struct{ Data string }
-	p.c.call(t, p.session, "Page.captureScreenshot", map[string]any{"format": "png"}, &shot)
-	png, err := base64.StdEncoding.DecodeString(shot.Data)
+	ctx, cancel := context.WithTimeout(page, browserStep)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("screenshot %s: %v", name, err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -462,8 +302,55 @@ func (p *page) screenshot(t *testing.T, name string) {
 	t.Logf("screenshot: %s", path)
 }
 
-func (p *page) exceptions() []string {
-	p.c.mu.Lock()
-	defer p.c.mu.Unlock()
-	return append([]string(nil), p.c.thrown...)
+// pageConsole is what a tab wrote to its console, and what it threw.
+type pageConsole struct {
+	mu     sync.Mutex
+	lines  []string
+	thrown []string
+}
+
+type pageConsoleKey struct{}
+
+func (c *pageConsole) add(m chromedp.ConsoleMessage) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lines = append(c.lines, strings.TrimSpace(fmt.Sprintf("%s: %s %s", m.Type, m.Text, m.URL)))
+	if m.IsException() {
+		c.thrown = append(c.thrown, strings.TrimSpace(m.URL+" "+m.Text))
+	}
+}
+
+func (c *pageConsole) all() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.lines...)
+}
+
+// pageExceptions returns the exceptions the tab page of openPage has not
+// caught so far.
+func pageExceptions(page context.Context) []string {
+	c := page.Value(pageConsoleKey{}).(*pageConsole)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.thrown...)
+}
+
+// withoutDBus drops the lines about D-Bus, noise where there is no session
+// bus.
+func withoutDBus(s string) string {
+	lines := strings.SplitAfter(s, "\n")
+	kept := lines[:0]
+	for _, l := range lines {
+		if !strings.Contains(l, "dbus") {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept, "")
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
 }
