@@ -46,21 +46,32 @@ func refuse(reason, message string) *Error {
 	return &Error{Reason: reason, Message: message}
 }
 
-// The fixed refusals. Every *Error Verify returns is a fresh copy, so a
-// caller that changes one changes nothing else.
-var messages = map[string]string{
-	ReasonMissing:      "no token",
-	ReasonMalformed:    "malformed token",
-	ReasonBadSignature: "invalid token signature",
-	ReasonAlgorithm:    "token signing algorithm not accepted",
-	ReasonUnknownKey:   "token signed by an unknown key",
-	ReasonExpired:      "token expired",
-	ReasonNotYetValid:  "token not valid yet",
-	ReasonIssuer:       "token issuer not accepted",
-	ReasonAudience:     "token audience not accepted",
-	ReasonClaims:       "invalid token claims",
-}
-
+// refusal is the refusal of reason with its fixed message. Each call
+// returns a fresh *Error, so a caller that changes one changes nothing
+// else.
 func refusal(reason string) *Error {
-	return refuse(reason, messages[reason])
+	var m string
+	switch reason {
+	case ReasonMissing:
+		m = "no token"
+	case ReasonMalformed:
+		m = "malformed token"
+	case ReasonBadSignature:
+		m = "invalid token signature"
+	case ReasonAlgorithm:
+		m = "token signing algorithm not accepted"
+	case ReasonUnknownKey:
+		m = "token signed by an unknown key"
+	case ReasonExpired:
+		m = "token expired"
+	case ReasonNotYetValid:
+		m = "token not valid yet"
+	case ReasonIssuer:
+		m = "token issuer not accepted"
+	case ReasonAudience:
+		m = "token audience not accepted"
+	default:
+		m = "invalid token claims"
+	}
+	return refuse(reason, m)
 }
