@@ -28,6 +28,7 @@ func commands() []command {
 		{"pub", "publish one message on NATS, e.g. to try a running server", runPub},
 		{"sub", "print the messages of channels, as a WebSocket client", runSub},
 		{"demo", "publish synthetic stock prices for the demo page at /", runDemo},
+		{"token", "mint a development JWT for clients (HS256)", runToken},
 		{"bench", "load-test a server: idle, fanout and storm scenarios", runBench},
 		{"version", "print the version, VCS revision and Go version of this binary", runVersion},
 	}
