@@ -53,12 +53,13 @@ func (h *Hub) recycle(d *delivery) {
 	h.free.Put(d)
 }
 
-// event is one item of a loop's inbox: a delivery, or the bus's answer
-// about a channel (live when err is nil).
+// event is one item of a loop's inbox: a delivery, the bus's answer
+// about a channel (live when err is nil), or a finished job.
 type event struct {
 	delivery *delivery
 	channel  *hubChannel
 	err      error
+	job      *job
 }
 
 // loopState is the protocol's state on one event loop; only that loop
@@ -73,6 +74,10 @@ type loopState struct {
 	// here rather than in every topic.
 	accepting map[*engine.Conn]*acceptWait
 	waiting   map[*topic][]waiter
+	// verifying are the upgrades whose token a verifier has, and expiries
+	// the authenticated sockets by when their token expires.
+	verifying map[*engine.Conn]*job
+	expiries  expiryHeap
 	stats     loopStats
 
 	// The inbox is the one place other goroutines reach into a loop: the
@@ -147,6 +152,7 @@ func (h *Hub) loopFor(c *engine.Conn) *loopState {
 		topic:     make(map[string]*topic),
 		accepting: make(map[*engine.Conn]*acceptWait),
 		waiting:   make(map[*topic][]waiter),
+		verifying: make(map[*engine.Conn]*job),
 		inMulti:   make(map[*engine.Conn]struct{}),
 	}
 	l.flushTask = gnet.RunnableFunc(l.flush)
@@ -200,7 +206,11 @@ func (l *loopState) flush(context.Context) error {
 		}
 		l.deliver(run)
 		run = run[:0]
-		l.answered(ev.channel, ev.err)
+		if ev.job != nil {
+			l.finish(ev.job)
+		} else {
+			l.answered(ev.channel, ev.err)
+		}
 	}
 	l.deliver(run)
 	clear(run)

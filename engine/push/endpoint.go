@@ -1,9 +1,11 @@
 package push
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/gobwas/ws"
 
@@ -24,34 +26,45 @@ type endpoint struct{ h *Hub }
 // passes here. It is checked whole before anything is subscribed, so that
 // a client learns at once, with a 400, that its URL is wrong.
 
-// Upgrade subscribes the socket to its URL's channels and holds the 101
-// until the bus has confirmed every one of them.
+// Upgrade checks who the client is and what it may read, subscribes the
+// socket to its URL's channels, and holds the 101 until the bus has
+// confirmed every one of them. A token is verified off the loop first, so
+// that an RSA check or a JWKS fetch holds up nobody else.
 func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 	h := e.h
-	raw, err := h.checkQuery(req.RawQuery)
+	raw, token, err := h.checkQuery(req.RawQuery)
 	if err != nil {
+		return err
+	}
+	l := h.loopFor(c)
+	if h.verify != nil {
+		if token == "" {
+			token = bearer(req.Header("Authorization"))
+		}
+		if token != "" {
+			// The token and query outlive the request's buffer.
+			j := &job{kind: jobUpgrade, conn: c, loop: l, token: strings.Clone(token), query: bytes.Clone(req.RawQuery), raw: raw}
+			if !h.submit(j) {
+				return errVerifyBusy
+			}
+			l.verifying[c] = j
+			return engine.ErrAcceptLater
+		}
+		if len(h.publicChannels.patterns) == 0 && len(h.publicPublish.patterns) == 0 {
+			h.counters.authFailed("missing")
+			return unauthorized("token required")
+		}
+	}
+	if err := h.checkChannels(req.RawQuery, nil); err != nil {
 		return err
 	}
 	if raw {
 		c.Session = &session{raw: true}
 	}
-	l := h.loopFor(c)
-	pending := 0
-	for q := (query{rest: req.RawQuery}); q.next(); {
-		if q.key != "channel" {
-			continue
-		}
-		added, waits, err := l.subscribe(c, q.value)
-		if err != nil {
-			// Refused: the engine forgets the socket, so must the hub.
-			e.Closed(c)
-			return &codec.HTTPError{Status: 400, Reason: errorMessage(err)}
-		}
-		if added && waits {
-			t := l.topic[q.value]
-			l.waiting[t] = append(l.waiting[t], waiter{conn: c, upgrade: true})
-			pending++
-		}
+	pending, err := l.subscribeQuery(c, req.RawQuery)
+	if err != nil {
+		l.forget(c) // refused: the engine forgets the socket, so must the hub
+		return err
 	}
 	if pending == 0 {
 		return nil
@@ -60,17 +73,50 @@ func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 	return engine.ErrAcceptLater
 }
 
+var errVerifyBusy = &codec.HTTPError{Status: 503, Reason: "too many logins in progress, retry shortly", Header: "Retry-After: 1\r\n"}
+
+// bearer is the token of an "Authorization: Bearer TOKEN" header, or "".
+func bearer(header []byte) string {
+	const scheme = "bearer "
+	if len(header) <= len(scheme) || !strings.EqualFold(string(header[:len(scheme)]), scheme) {
+		return ""
+	}
+	return strings.TrimSpace(string(header[len(scheme):]))
+}
+
+// subscribeQuery subscribes c to the channels of an upgrade's query,
+// checked already, and returns how many wait for the bus.
+func (l *loopState) subscribeQuery(c *engine.Conn, rawQuery []byte) (pending int, err error) {
+	for q := (query{rest: rawQuery}); q.next(); {
+		if q.key != "channel" {
+			continue
+		}
+		added, waits, err := l.subscribe(c, q.value)
+		if err != nil {
+			return 0, &codec.HTTPError{Status: 400, Reason: errorMessage(err)}
+		}
+		if added && waits {
+			t := l.topic[q.value]
+			l.waiting[t] = append(l.waiting[t], waiter{conn: c, upgrade: true})
+			pending++
+		}
+	}
+	return pending, nil
+}
+
 // checkQuery validates the query of an upgrade and reports whether it asks
 // for bare payloads.
-func (h *Hub) checkQuery(rawQuery []byte) (raw bool, err error) {
+func (h *Hub) checkQuery(rawQuery []byte) (raw bool, token string, err error) {
 	channels := 0
 	q := query{rest: rawQuery}
 	for q.next() {
 		switch q.key {
+		case "token":
+			token = q.value
 		case "channel":
 			channels++
 			if err := h.validate(q.value); err != nil {
-				return false, &codec.HTTPError{Status: 400, Reason: "channel " + strconv.Quote(q.value) + ": " + errorMessage(err)}
+				return false, "", &codec.HTTPError{Status: 400, Reason: "channel " + strconv.Quote(q.value) + ": " + errorMessage(err)}
 			}
 		case "format":
 			switch q.value {
@@ -79,25 +125,60 @@ func (h *Hub) checkQuery(rawQuery []byte) (raw bool, err error) {
 			case "raw":
 				raw = true
 			default:
-				return false, &codec.HTTPError{Status: 400, Reason: `format must be "json" or "raw"`}
+				return false, "", &codec.HTTPError{Status: 400, Reason: `format must be "json" or "raw"`}
 			}
 		}
 	}
 	if q.err != nil {
-		return false, &codec.HTTPError{Status: 400, Reason: "malformed query string"}
+		return false, "", &codec.HTTPError{Status: 400, Reason: "malformed query string"}
 	}
 	if channels > h.maxChannels {
-		return false, &codec.HTTPError{Status: 400, Reason: "at most " + strconv.Itoa(h.maxChannels) + " channels per connection"}
+		return false, "", &codec.HTTPError{Status: 400, Reason: "at most " + strconv.Itoa(h.maxChannels) + " channels per connection"}
 	}
-	return raw, nil
+	return raw, token, nil
 }
 
 // Closed drops the socket from every topic and held upgrade.
-func (e endpoint) Closed(c *engine.Conn) {
-	l := e.h.loopFor(c)
+func (e endpoint) Closed(c *engine.Conn) { e.h.loopFor(c).forget(c) }
+
+func (l *loopState) forget(c *engine.Conn) {
 	delete(l.accepting, c)
+	delete(l.verifying, c)
+	l.expiries.remove(c)
 	l.unsubscribeAll(c)
 	c.Session = nil
+}
+
+// Opened greets a JSON-format socket with who it is, before anything else:
+//
+//	{"op":"connected","client":"ID","user":"alice","expires":1767225600}
+//
+// user and expires are "" and 0 for an anonymous client.
+func (e endpoint) Opened(c *engine.Conn) {
+	if isRaw(c) {
+		return
+	}
+	l := e.h.loopFor(c)
+	var user string
+	var expires int64
+	if id := identityOf(c); id != nil {
+		user, expires = id.user, id.expires
+	}
+	b := append(l.replyBuf[:0], `{"op":"connected","client":"`...)
+	b = e.h.appendClientID(b, c)
+	b = append(b, `","user":`...)
+	b = appendJSONString(b, []byte(user))
+	b = append(b, `,"expires":`...)
+	b = strconv.AppendInt(b, expires, 10)
+	l.replyBuf = append(b, '}')
+	c.SendFrame(ws.OpText, l.replyBuf)
+}
+
+// Tick closes the loop's connections whose token expired.
+func (e endpoint) Tick(el *engine.Loop) {
+	if l := e.h.loops[el.Index()].Load(); l != nil {
+		l.expire()
+	}
 }
 
 // command is a client's in-band request, a JSON text message:
@@ -111,6 +192,8 @@ type command struct {
 	Op      string          `json:"op"`
 	Channel string          `json:"channel"`
 	ID      json.RawMessage `json:"id"`
+	Data    json.RawMessage `json:"data"`  // publish
+	Token   string          `json:"token"` // refresh
 }
 
 // Message handles a command from the client.
@@ -118,6 +201,11 @@ func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 	h := e.h
 	l := h.loopFor(c)
 	var cmd command
+	if op == ws.OpText && string(payload) == "ping" {
+		// The keep-alive of many tutorials' clients.
+		c.SendFrame(ws.OpText, pong)
+		return
+	}
 	if op != ws.OpText {
 		l.replyError(c, nil, badRequest("commands are JSON text messages"))
 		return
@@ -129,6 +217,10 @@ func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 	switch cmd.Op {
 	case "subscribe":
 		if err := h.validate(cmd.Channel); err != nil {
+			l.replyError(c, cmd.ID, err)
+			return
+		}
+		if err := h.checkSubscribe(identityOf(c), cmd.Channel); err != nil {
 			l.replyError(c, cmd.ID, err)
 			return
 		}
@@ -149,10 +241,16 @@ func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 		l.replyAck(c, cmd.ID, nil)
 	case "ping":
 		l.reply(c, "pong", cmd.ID)
+	case "publish":
+		l.publish(c, &cmd)
+	case "refresh":
+		l.refresh(c, &cmd)
 	default:
-		l.replyError(c, cmd.ID, badRequest(`unknown op: want "subscribe", "unsubscribe" or "ping"`))
+		l.replyError(c, cmd.ID, badRequest(`unknown op: want "subscribe", "unsubscribe", "publish", "refresh" or "ping"`))
 	}
 }
+
+var pong = []byte("pong")
 
 func badRequest(msg string) error {
 	return &channel.Error{Code: channel.CodeBadRequest, Message: msg}

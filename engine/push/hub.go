@@ -24,8 +24,13 @@
 package push
 
 import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"log/slog"
 	"math/bits"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,6 +43,7 @@ import (
 	"github.com/herald-ws/herald/codec"
 	"github.com/herald-ws/herald/codec/channel"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/push/auth"
 )
 
 // Path is where the push endpoint is served in the herald binary.
@@ -56,6 +62,20 @@ const DefaultMaxChannels = 128
 type Bus interface {
 	Subscribe(id uint64, pattern string)
 	Unsubscribe(id uint64)
+	// Publish hands a client's message to the bus without waiting for the
+	// network, and calls done exactly once, from any goroutine, when the
+	// bus has taken it (nil) or could not (the reason). An error returned
+	// at once (the bus is overloaded or closed) means done is not called.
+	// The bus copies what it keeps of p.
+	Publish(p Publication, done func(error)) error
+}
+
+// Publication is a message a client published.
+type Publication struct {
+	Subject string
+	Data    []byte // the data value's JSON text, byte for byte
+	User    string // the token's subject; empty when anonymous
+	Client  string // the connection's id, as in its connected frame
 }
 
 // Config configures a Hub. Only Bus is required.
@@ -71,7 +91,43 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives the hub's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Verify checks a client's token (?token= or Authorization: Bearer)
+	// and returns its claims. It may block (a JWKS fetch): the hub calls it
+	// on Verifiers goroutines of its own, never on a loop. nil means no
+	// authentication: tokens are ignored and every client is anonymous.
+	Verify func(ctx context.Context, token string) (auth.Claims, error)
+	// Verifiers is how many goroutines verify tokens; default GOMAXPROCS.
+	Verifiers int
+	// PublicChannels are the patterns anonymous clients may subscribe to.
+	// nil means the default: without Verify, every channel whose first
+	// token is literal; with Verify, none, so that a client without a
+	// token is refused with 401. Reserved channels ('$' or '_' first) are
+	// refused whatever this says.
+	PublicChannels []string
+	// PublicPublish are the subjects anonymous clients may publish to;
+	// default none.
+	PublicPublish []string
+	// UserChannels and UserPublish are granted to every authenticated
+	// client besides its token's subscribe and publish claims, with
+	// SubjectToken replaced by the token's subject.
+	UserChannels []string
+	UserPublish  []string
+	// MaxPublishSize caps the data of one client publish, in bytes.
+	// Default DefaultMaxPublishSize.
+	MaxPublishSize int
+	// PublishRate is how many publishes a connection may make per second,
+	// with bursts of twice that; past it they are refused, and a
+	// connection that keeps on is closed with 1008. Default
+	// DefaultPublishRate.
+	PublishRate float64
 }
+
+// Defaults for Config.
+const (
+	DefaultMaxPublishSize = 64 << 10
+	DefaultPublishRate    = 20
+)
 
 // Hub is the push protocol's process-wide state. Its Endpoint serves the
 // sockets; the bus feeds it through Message and Live.
@@ -86,6 +142,23 @@ type Hub struct {
 	byPattern map[string]*hubChannel
 	byID      map[uint64]*hubChannel
 	lastID    uint64
+
+	// Access control (see access.go); all read-only after New.
+	verify         func(ctx context.Context, token string) (auth.Claims, error)
+	publicChannels grants
+	publicPublish  grants
+	userChannels   []string
+	userPublish    []string
+	maxPublish     int
+	publishRate    float64
+	clientIDs      cipher.Block // turns a connection into its opaque id
+
+	// Token verification off the loops (see verify.go).
+	jobs     chan *job
+	ctx      context.Context // cancelled by Close: verifiers stop
+	cancel   context.CancelFunc
+	workers  sync.WaitGroup
+	counters counters
 
 	// loops[i] is loop i's state, made by that loop on its first socket.
 	loops [engine.MaxLoops]atomic.Pointer[loopState]
@@ -123,7 +196,49 @@ func New(cfg Config) *Hub {
 		h.log = slog.Default()
 	}
 	h.free.New = func() any { return new(delivery) }
+	h.setAccess(cfg)
 	return h
+}
+
+// setAccess reads the access-control part of cfg.
+func (h *Hub) setAccess(cfg Config) {
+	h.verify = cfg.Verify
+	h.publicChannels = grants{patterns: cfg.PublicChannels}
+	if cfg.PublicChannels == nil && cfg.Verify == nil {
+		h.publicChannels.literalFirst = true
+	}
+	h.publicPublish = grants{patterns: cfg.PublicPublish}
+	h.userChannels, h.userPublish = cfg.UserChannels, cfg.UserPublish
+	h.maxPublish = cfg.MaxPublishSize
+	if h.maxPublish <= 0 {
+		h.maxPublish = DefaultMaxPublishSize
+	}
+	h.publishRate = cfg.PublishRate
+	if h.publishRate <= 0 {
+		h.publishRate = DefaultPublishRate
+	}
+	var key [16]byte
+	_, _ = rand.Read(key[:]) // never fails (crypto/rand)
+	h.clientIDs, _ = aes.NewCipher(key[:])
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	if h.verify != nil {
+		n := cfg.Verifiers
+		if n <= 0 {
+			n = runtime.GOMAXPROCS(0)
+		}
+		h.jobs = make(chan *job, verifyQueue)
+		h.workers.Add(n)
+		for range n {
+			go h.verifier()
+		}
+	}
+}
+
+// Close stops the hub's token verifiers. Upgrades still waiting for one
+// are answered 503 by the engine's handshake timeout.
+func (h *Hub) Close() {
+	h.cancel()
+	h.workers.Wait()
 }
 
 // Endpoint is the engine endpoint that serves the protocol.
@@ -193,6 +308,11 @@ func (h *Hub) Live(id uint64, err error) {
 // overlap). It is encoded once per format, whatever the number of sockets.
 // data and subs are not kept.
 func (h *Hub) Message(subject string, data []byte, subs []uint64) {
+	if channel.Reserved(subject) {
+		// NATS's own APIs and replies ($JS., _INBOX. ...) reach a wide
+		// pattern such as > too; no client may read them.
+		return
+	}
 	d := h.free.Get().(*delivery)
 	d.arrived = h.now()
 	d.json = bytebufferpool.Get()
@@ -242,6 +362,16 @@ type Stats struct {
 	// Channels is the number of distinct channels the process is
 	// subscribed to (or subscribing to) on the bus.
 	Channels int
+	// AuthFailures counts upgrades and refreshes refused for their token,
+	// by reason: "missing", or auth.Error's Reason.
+	AuthFailures map[string]uint64
+	// Published counts client publishes the bus took; PublishRefused
+	// those refused, by in-band error code.
+	Published      uint64
+	PublishRefused map[string]uint64
+	// Expired counts connections closed with 4001 because their token
+	// expired.
+	Expired uint64
 }
 
 // Stats reads the counters. It takes Hub.mu only to count channels.
@@ -259,6 +389,7 @@ func (h *Hub) Stats() Stats {
 	h.mu.RLock()
 	st.Channels = len(h.byID)
 	h.mu.RUnlock()
+	h.counters.read(&st)
 	return st
 }
 

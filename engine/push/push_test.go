@@ -46,6 +46,11 @@ func (s *testServer) dial(t testing.TB, query string) (*websocket.Conn, *http.Re
 	conn, resp, err := d.Dial("ws://"+s.addr+push.Path+"?"+query, nil)
 	if err == nil {
 		t.Cleanup(func() { conn.Close() })
+		if !strings.Contains(query, "format=raw") {
+			if f := read(t, conn); f.Op != "connected" || f.Client == "" {
+				t.Fatalf("first frame %+v, want connected with a client id", f)
+			}
+		}
 	}
 	return conn, resp, err
 }
@@ -57,6 +62,10 @@ type frame struct {
 	Code    string          `json:"code"`
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
+	Message string          `json:"message"`
+	Client  string          `json:"client"`
+	User    string          `json:"user"`
+	Expires int64           `json:"expires"`
 }
 
 func read(t testing.TB, conn *websocket.Conn) frame {
@@ -105,7 +114,7 @@ func TestUpgradeWaitsForTheBus(t *testing.T) {
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	s.bus.Publish("c", []byte(`1`))
+	s.bus.Send("c", []byte(`1`))
 	if f := read(t, r.conn); f.Channel != "c" || string(f.Data) != "1" {
 		t.Fatalf("got %+v", f)
 	}
@@ -176,7 +185,7 @@ func TestAckWaitsForTheBus(t *testing.T) {
 	waitFor(t, 5*time.Second, "the subscription", func() bool { return len(s.bus.Waiting()) == 1 })
 	// Not live yet: a message published now is not the client's, and the
 	// ping behind the subscribe is answered first.
-	s.bus.Publish("x", []byte(`"early"`))
+	s.bus.Send("x", []byte(`"early"`))
 	send(t, conn, `{"op":"ping","id":"p"}`)
 	if f := read(t, conn); f.Op != "pong" {
 		t.Fatalf("got %+v before the ack, want the pong", f)
@@ -185,7 +194,7 @@ func TestAckWaitsForTheBus(t *testing.T) {
 	if f := read(t, conn); f.Op != "ack" || string(f.ID) != `"s1"` {
 		t.Fatalf("got %+v, want the ack", f)
 	}
-	s.bus.Publish("x", []byte(`"late"`))
+	s.bus.Send("x", []byte(`"late"`))
 	if f := read(t, conn); f.Channel != "x" || string(f.Data) != `"late"` {
 		t.Fatalf("got %+v, want the message published after the ack", f)
 	}
@@ -215,9 +224,9 @@ func TestOverlappingPatternsDeliverOnce(t *testing.T) {
 	for _, grouped := range []bool{true, false} {
 		t.Run(fmt.Sprintf("grouped=%v", grouped), func(t *testing.T) {
 			s := startPush(t, engine.Config{}, push.Config{}, true)
-			publish := s.bus.Publish
+			publish := s.bus.Send
 			if !grouped {
-				publish = s.bus.PublishCopies
+				publish = s.bus.SendCopies
 			}
 			conn, _, err := s.dial(t, "channel=p.*&channel=p.P03&channel=g.>&channel=g.G30")
 			if err != nil {
@@ -274,7 +283,7 @@ func TestOverlappingPatternsDeliverOnce(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 			close(stop)
 			total := <-published
-			s.bus.Publish("q.end", []byte(`"end"`))
+			s.bus.Send("q.end", []byte(`"end"`))
 			for {
 				f := read(t, conn)
 				if f.Op == "ack" {
@@ -309,7 +318,7 @@ func TestLatencyIsMeasuredWithTheInjectedClock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.bus.Publish("t", []byte(`1`))
+	s.bus.Send("t", []byte(`1`))
 	read(t, conn)
 	waitFor(t, 5*time.Second, "the delivery to be counted", func() bool { return s.hub.Stats().Latency.Counts != [len(push.LatencyBuckets) + 1]uint64{} })
 	st := s.hub.Stats()
@@ -328,7 +337,7 @@ func TestRawAndEnvelopeFromOneMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.bus.Publish("m", []byte("not json \xff"))
+	s.bus.Send("m", []byte("not json \xff"))
 	if f := read(t, env); f.Channel != "m" || !strings.HasPrefix(string(f.Data), `"not json`) {
 		t.Fatalf("envelope %+v", f)
 	}

@@ -20,7 +20,36 @@ import (
 // one of the compact forms.
 type session struct {
 	subs subList
-	raw  bool // bare payloads instead of envelopes
+	raw  bool      // bare payloads instead of envelopes
+	id   *identity // nil: anonymous
+	rate *publishRate
+	// heapAt is 1 + the socket's index in its loop's expiries; 0 when not
+	// there.
+	heapAt int32
+}
+
+// identityOf returns who c's token says it is, or nil if anonymous.
+func identityOf(c *engine.Conn) *identity {
+	if s, ok := c.Session.(*session); ok {
+		return s.id
+	}
+	return nil
+}
+
+// sessionOf returns c's session, moving c out of a compact form first.
+func sessionOf(c *engine.Conn) *session {
+	switch s := c.Session.(type) {
+	case *session:
+		return s
+	case *topic:
+		ns := &session{}
+		ns.subs.add(sub{topic: s, pos: int32(c.Tag)})
+		c.Session, c.Tag = ns, 0
+		return ns
+	}
+	ns := &session{}
+	c.Session = ns
+	return ns
 }
 
 // sub is one of a socket's subscriptions: the topic, and where the socket

@@ -24,6 +24,10 @@ type Bus struct {
 	order   []uint64          // subscription ids in the order made
 	calls   int               // Subscribe calls, for tests that count them
 	queue   chan func()
+
+	// PublishErr, if set, is how every client publish fails (in done).
+	PublishErr error
+	published  []push.Publication
 }
 
 // New returns a bus; Attach gives it its hub.
@@ -131,9 +135,10 @@ func (b *Bus) idsLocked(subject string) []uint64 {
 	return ids
 }
 
-// Publish sends data on subject to every subscription that matches it, as
-// one message carrying all their ids, like NATS's copies grouped.
-func (b *Bus) Publish(subject string, data []byte) {
+// Send publishes data on subject as a backend would: to every
+// subscription that matches it, as one message carrying all their ids,
+// like NATS's copies grouped.
+func (b *Bus) Send(subject string, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	ids := b.idsLocked(subject)
@@ -144,9 +149,9 @@ func (b *Bus) Publish(subject string, data []byte) {
 	b.queue <- func() { h.Message(subject, data, ids) }
 }
 
-// PublishCopies is Publish with one message per matching subscription, as
+// SendCopies is Send with one message per matching subscription, as
 // NATS sends them when they are not grouped.
-func (b *Bus) PublishCopies(subject string, data []byte) {
+func (b *Bus) SendCopies(subject string, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h, data := b.hub, slices.Clone(data)
@@ -160,4 +165,32 @@ func (b *Bus) Sync() {
 	done := make(chan struct{})
 	b.queue <- func() { close(done) }
 	<-done
+}
+
+// Publish takes a client's publication as the real bus would: it records
+// it, answers done from the bus's goroutine, and sends it to the matching
+// subscriptions, the publisher's own included.
+func (b *Bus) Publish(p push.Publication, done func(error)) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	p.Data = slices.Clone(p.Data)
+	err := b.PublishErr
+	if err == nil {
+		b.published = append(b.published, p)
+	}
+	h, ids := b.hub, b.idsLocked(p.Subject)
+	b.queue <- func() {
+		done(err)
+		if err == nil && len(ids) > 0 {
+			h.Message(p.Subject, p.Data, ids)
+		}
+	}
+	return nil
+}
+
+// Published returns the client publications taken so far.
+func (b *Bus) Published() []push.Publication {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.published)
 }
