@@ -149,3 +149,10 @@ func TestParseRatesAndChannels(t *testing.T) {
 		}
 	}
 }
+
+func TestReportsRedactTokens(t *testing.T) {
+	got := redactToken("ws://h:1/ws?token=eyJhbGciOi.secret.sig&x=1")
+	if strings.Contains(got, "secret") || !strings.Contains(got, "token=REDACTED") || !strings.Contains(got, "x=1") {
+		t.Fatalf("redacted %q", got)
+	}
+}

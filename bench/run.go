@@ -72,7 +72,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		prefix: fmt.Sprintf("%s.%06x", cfg.ChannelPrefix, rand.Uint32()&0xFFFFFF),
 		res: &Result{
 			Scenario: cfg.Scenario,
-			URL:      cfg.URL,
+			URL:      redactToken(cfg.URL),
 			Started:  start,
 			Conns:    cfg.Conns,
 			Channels: cfg.Channels,
@@ -832,4 +832,17 @@ func (r *runner) storm(ctx context.Context) error {
 		return fmt.Errorf("%d of %d connections back", p.StormUp, p.StormDropped)
 	}
 	return nil
+}
+
+// redactToken hides a token in a URL's query: reports are shared, tokens
+// are credentials.
+func redactToken(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || !u.Query().Has("token") {
+		return raw
+	}
+	q := u.Query()
+	q.Set("token", "REDACTED")
+	u.RawQuery = q.Encode()
+	return u.String()
 }

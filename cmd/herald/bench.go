@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -93,6 +94,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	channels := channelsFlag{n: 1}
 	fs.Var(&channels, "channels", "spread the connections over `N` channels, named PREFIX.RUN.K; per-conn gives each connection a channel of its own (N = --conns)")
 	fs.BoolVar(&cfg.Hot, "hot", false, "put half the connections on one hot channel and spread the rest over the others (default: spread evenly)")
+	token := fs.String("token", "", "JWT every connection presents as ?token= (mint one with herald token; it must permit the bench's channels, e.g. --subscribe 'bench.>')")
 	raw := fs.Bool("raw", false, "subscribe with format=raw (bare payloads) instead of the default JSON envelope")
 	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench", "first part of every channel name; a random run id follows it")
 	fs.IntVar(&cfg.Messages, "messages", 200, "fanout, floor: messages to publish, round robin over the channels; 0 with --rate publishes until --duration")
@@ -132,6 +134,16 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.Scenario = scenario
 	cfg.Channels, cfg.PerConn = channels.n, channels.perConn
+	if *token != "" {
+		u, err := url.Parse(cfg.URL)
+		if err != nil {
+			return fmt.Errorf("--url: %w", err)
+		}
+		q := u.Query()
+		q.Set("token", *token)
+		u.RawQuery = q.Encode()
+		cfg.URL = u.String()
+	}
 	if cfg.Rates, err = bench.ParseRates(*rates); err != nil {
 		return err
 	}

@@ -23,6 +23,8 @@ type metrics struct {
 	pings, reaped, handshakeTimeouts, refused   *prometheus.Desc
 	natsIn, natsDropped, natsReconnects, natsUp *prometheus.Desc
 	latency                                     *prometheus.Desc
+	authFailures, published, publishRefused     *prometheus.Desc
+	expired                                     *prometheus.Desc
 }
 
 func newMetrics(h *herald) *metrics {
@@ -48,6 +50,10 @@ func newMetrics(h *herald) *metrics {
 		natsReconnects:    desc("nats_reconnects_total", "Reconnections to NATS after a lost connection."),
 		natsUp:            desc("nats_connected", "1 while the NATS connection is up."),
 		latency:           desc("delivery_latency_seconds", "Time from a message's receipt from NATS to its last write to a socket."),
+		authFailures:      desc("auth_failures_total", "Upgrades and refreshes refused for their token, by reason.", "reason"),
+		published:         desc("client_publishes_total", "Client publishes handed to NATS."),
+		publishRefused:    desc("client_publishes_refused_total", "Client publishes refused, by in-band error code.", "code"),
+		expired:           desc("token_expired_closes_total", "Connections closed with 4001 because their token expired."),
 	}
 	m.registry.MustRegister(m,
 		collectors.NewGoCollector(),
@@ -60,7 +66,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		m.open, m.upgraded, m.accepted, m.channels, m.deliveries, m.bytesOut, m.slowConsumers,
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
-		m.natsUp, m.latency,
+		m.natsUp, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
 	} {
 		ch <- d
 	}
@@ -97,6 +103,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		up = 1
 	}
 	gauge(m.natsUp, up)
+	for reason, n := range ps.AuthFailures {
+		counter(m.authFailures, n, reason)
+	}
+	counter(m.published, ps.Published)
+	for code, n := range ps.PublishRefused {
+		counter(m.publishRefused, n, code)
+	}
+	counter(m.expired, ps.Expired)
 
 	buckets := make(map[float64]uint64, len(push.LatencyBuckets))
 	var cumulative uint64

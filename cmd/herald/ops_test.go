@@ -412,6 +412,7 @@ func TestSIGTERMDrainsSpreadOverTheTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
+		expectConnected(t, c)
 		conns[i] = c
 	}
 	mute := mustDial(t, addr)

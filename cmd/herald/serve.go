@@ -14,6 +14,7 @@ import (
 	"github.com/herald-ws/herald/codec"
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/push"
+	"github.com/herald-ws/herald/engine/push/auth"
 	"github.com/herald-ws/herald/pubsub"
 )
 
@@ -68,6 +69,7 @@ second signal exits at once.`, stderr)
 	maxAcceptRate := fs.Int("max-accept-rate", engine.DefaultMaxAcceptRate, "most WebSocket upgrades per second, so a reconnect storm is turned away with 503 and Retry-After; 0 means no limit")
 	var origins originList
 	fs.Var(&origins, "allowed-origins", "comma-separated browser `origins` whose pages may connect, e.g. https://app.example.com,https://*.example.com; others get 403 (default: any origin; requests without an Origin header are always allowed)")
+	access := addAccessFlags(fs)
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
@@ -77,6 +79,14 @@ second signal exits at once.`, stderr)
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	pushCfg := push.Config{MaxChannels: *maxChannels, NoWildcards: *noWildcards}
+	authCfg, err := access.config(&pushCfg)
+	if err != nil {
+		return err
+	}
+	if authCfg != nil {
+		authCfg.Logger = log
 	}
 	if *maxAcceptRate == 0 {
 		*maxAcceptRate = -1 // the engine's "no limit"
@@ -105,10 +115,8 @@ second signal exits at once.`, stderr)
 			Logger:           log,
 			HTTP:             demoRoutes(!*noDemo),
 		},
-		Push: push.Config{
-			MaxChannels: *maxChannels,
-			NoWildcards: *noWildcards,
-		},
+		Push:       pushCfg,
+		Auth:       authCfg,
 		NATS:       *natsURL,
 		NATSListen: *natsListen,
 	})
@@ -153,6 +161,7 @@ second signal exits at once.`, stderr)
 type heraldConfig struct {
 	Engine     engine.Config // Endpoints gets the push endpoint from startHerald
 	Push       push.Config   // Bus and Logger are set by startHerald
+	Auth       *auth.Config  // how client tokens are verified; nil for none
 	NATS       string        // external NATS URL; "" runs an embedded server
 	NATSListen string        // the embedded server's address
 }
@@ -160,15 +169,28 @@ type heraldConfig struct {
 // herald is a running server: the engine, the push protocol on it, and
 // the NATS broker that feeds the protocol.
 type herald struct {
-	srv    *engine.Server
-	hub    *push.Hub
-	broker *pubsub.Broker
+	srv      *engine.Server
+	hub      *push.Hub
+	broker   *pubsub.Broker
+	verifier *auth.Verifier // nil without auth
 }
 
 // startHerald connects to NATS (or starts the embedded server) and starts
 // the engine with the push protocol on top of it.
 func startHerald(cfg heraldConfig) (*herald, error) {
 	h := new(herald)
+	if cfg.Auth != nil {
+		// A JWKS is fetched here, before anything listens: a key source
+		// that does not work is a startup error, not 401s for everyone.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		v, err := auth.New(ctx, *cfg.Auth)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		h.verifier = v
+		cfg.Push.Verify = v.Verify
+	}
 	broker, err := pubsub.Start(pubsub.Config{
 		URL:     cfg.NATS,
 		Listen:  cfg.NATSListen,
@@ -176,10 +198,11 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 		Logger:  cfg.Engine.Logger,
 	})
 	if err != nil {
+		h.closeVerifier()
 		return nil, err
 	}
 	h.broker = broker
-	cfg.Push.Bus = broker
+	cfg.Push.Bus = natsBus{broker}
 	cfg.Push.Logger = cfg.Engine.Logger
 	h.hub = push.New(cfg.Push)
 	cfg.Engine.Endpoints = map[string]engine.Endpoint{push.Path: h.hub.Endpoint()}
@@ -193,10 +216,18 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 		err = srv.Start()
 	}
 	if err != nil {
+		h.hub.Close()
 		broker.Close()
+		h.closeVerifier()
 		return nil, err
 	}
 	return h, nil
+}
+
+func (h *herald) closeVerifier() {
+	if h.verifier != nil {
+		h.verifier.Close()
+	}
 }
 
 // Message and Live pass what NATS delivers to the hub. The broker calls
@@ -232,7 +263,9 @@ func (h *herald) serveReady(dst []byte, _ *codec.Request) ([]byte, int, string) 
 // stop closes every connection, then the NATS connection.
 func (h *herald) stop(ctx context.Context) error {
 	err := h.srv.Stop(ctx)
+	h.hub.Close()
 	h.broker.Close()
+	h.closeVerifier()
 	return err
 }
 

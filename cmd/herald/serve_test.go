@@ -83,7 +83,29 @@ func dialWS(t testing.TB, h *herald, query string) *websocket.Conn {
 		t.Fatalf("dial /ws?%s: %v (status %d)", query, err, status)
 	}
 	t.Cleanup(func() { conn.Close() })
+	if !strings.Contains(query, "format=raw") {
+		expectConnected(t, conn)
+	}
 	return conn
+}
+
+// connected is Herald's greeting, the first frame on a JSON connection.
+type connected struct {
+	Op      string `json:"op"`
+	Client  string `json:"client"`
+	User    string `json:"user"`
+	Expires int64  `json:"expires"`
+}
+
+func expectConnected(t testing.TB, conn *websocket.Conn) connected {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, msg, err := conn.ReadMessage()
+	var c connected
+	if err != nil || json.Unmarshal(msg, &c) != nil || c.Op != "connected" || c.Client == "" {
+		t.Fatalf("first frame %q (%v), want the connected greeting", msg, err)
+	}
+	return c
 }
 
 // envelope is what a subscriber receives by default.
@@ -481,7 +503,7 @@ func TestUpgradeNATSCannotConfirmAnswered503(t *testing.T) {
 // messages flow, deliver every message exactly once: a pattern owns
 // messages only once NATS has confirmed it, with no timer.
 func TestOverlappingPatternsExactlyOnce(t *testing.T) {
-	h := startTestHerald(t, heraldConfig{})
+	h := startTestHerald(t, heraldConfig{Push: push.Config{PublicChannels: []string{">"}}}) // > only where permitted
 	nc := publisher(t, h)
 	// The issue's case: new patterns given together, published right after
 	// the 101.

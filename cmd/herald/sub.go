@@ -55,6 +55,7 @@ Examples:
 	raw := fs.Bool("raw", false, "print each message exactly as received instead of CHANNEL DATA")
 	proxy := fs.String("proxy", "", "HTTP proxy `URL` to tunnel through, http://[user:pass@]host:port, instead of the environment's; \"direct\" for none")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up connecting (TCP, proxy, TLS and WebSocket handshake) after this long")
+	token := fs.String("token", "", "JWT to authenticate with, sent as Authorization: Bearer (so it stays out of URLs and proxy logs); mint one for development with herald token")
 	ping := fs.Duration("ping", 30*time.Second, "ping the server after this long without hearing from it, and give up after twice as long; 0 never pings")
 	// Flags come before the URL: parseArgs returns what follows them.
 	positional, err := parseArgs(fs, args)
@@ -86,6 +87,7 @@ Examples:
 		Proxy:    *proxy,
 		Timeout:  *timeout,
 		Ping:     *ping,
+		Token:    *token,
 		Getenv:   os.Getenv,
 	}, stdout, stderr)
 }
@@ -98,6 +100,7 @@ type subConfig struct {
 	Proxy    string   // --proxy: "" takes the environment's, "direct" none
 	Timeout  time.Duration
 	Ping     time.Duration       // 0: never ping
+	Token    string              // sent as Authorization: Bearer; "" for none
 	Getenv   func(string) string // reads the proxy variables, on every call
 }
 
@@ -123,7 +126,11 @@ func subscribe(ctx context.Context, cfg subConfig, stdout, stderr io.Writer) err
 			return d.DialContext(ctx, network, addr)
 		},
 	}
-	conn, resp, err := dialer.DialContext(ctx, target.String(), nil)
+	var header http.Header
+	if cfg.Token != "" {
+		header = http.Header{"Authorization": {"Bearer " + cfg.Token}}
+	}
+	conn, resp, err := dialer.DialContext(ctx, target.String(), header)
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(stderr, "interrupted before connecting")
@@ -169,6 +176,7 @@ type subSession struct {
 	cfg            subConfig
 	stdout, stderr io.Writer
 	pending        map[string]string // id -> channel of unanswered subscribes
+	greeted        bool              // the connected frame came
 	line           []byte
 	compact        bytes.Buffer
 	lastHeard      atomic.Int64 // Unix ns of the last frame from the server
@@ -243,6 +251,22 @@ func (s *subSession) watch(ctx context.Context, done <-chan struct{}) {
 
 // handle prints one message, or takes it as the answer to a subscribe.
 func (s *subSession) handle(kind int, msg []byte) error {
+	if !s.greeted && kind == websocket.TextMessage && bytes.HasPrefix(msg, []byte(`{"op":"connected"`)) {
+		// Herald's greeting is status, not a message.
+		s.greeted = true
+		var hello struct {
+			Client, User string
+			Expires      int64
+		}
+		if json.Unmarshal(msg, &hello) == nil {
+			who := "anonymous"
+			if hello.User != "" {
+				who = "user " + hello.User + ", token expires " + time.Unix(hello.Expires, 0).UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(s.stderr, "client %s (%s)\n", hello.Client, who)
+		}
+		return nil
+	}
 	if len(s.pending) > 0 && kind == websocket.TextMessage {
 		var reply struct {
 			Op, Code, Message string

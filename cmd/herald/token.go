@@ -5,16 +5,20 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/herald-ws/herald/codec/channel"
 	"github.com/herald-ws/herald/engine/push/auth"
 )
 
 func runToken(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token", "[flags]", `Mints a JWT for a development client, signed with an HMAC secret, and prints
-it and a newline to standard output. The claims are the ones Herald reads:
+	fs := newFlagSet("token", "[flags]", `Mints a JWT for a development client, signed with an HMAC secret (or, with
+--key, an RSA or EC private key), and prints it and a newline to standard
+output. The claims are the ones Herald reads:
 "sub" (--sub), "subscribe" and "publish" (arrays of NATS subject patterns
 the client may subscribe and publish to), "exp" (now plus --ttl), "iat",
 and "iss" and "aud" if given. Production tokens come from your
@@ -24,6 +28,13 @@ The secret comes from --secret, --secret-file or $HERALD_TOKEN_SECRET. An
 argument shows in the process list, so prefer the file or the variable
 outside a laptop. A secret file's trailing newline is not part of the
 secret. RFC 7518 wants at least 32 bytes for HS256.
+
+With --key FILE (a PEM private key: RSA signs RS256, EC P-256 ES256) the
+token is for a server started with --auth-public-key and the public half:
+  openssl genpkey -algorithm RSA -out dev.pem
+  openssl pkey -in dev.pem -pubout -out dev.pub
+  herald serve --auth-public-key dev.pub &
+  herald token --key dev.pem --sub alice --subscribe 'chat.>'
 
 Examples:
   herald token --secret-file dev.key --sub alice --subscribe 'chat.>' --publish 'chat.>'
@@ -36,7 +47,8 @@ Examples:
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid from now")
 	issuer := fs.String("issuer", "", "`NAME` of the issuer (\"iss\"), for a server that checks one")
 	audience := fs.String("audience", "", "`NAME` of the audience (\"aud\"), for a server that checks one")
-	alg := fs.String("alg", "HS256", "signing `algorithm`: HS256, HS384 or HS512")
+	keyFile := fs.String("key", "", "sign with the RSA or EC private key in this PEM `FILE` instead of a secret (RS256, or the ES algorithm of the key's curve, unless --alg says otherwise)")
+	alg := fs.String("alg", "", "signing `algorithm`: HS256 (the default with a secret), HS384 or HS512; RS256 (the default with an RSA key), RS384 or RS512; ES256/384/512 follow the EC key's curve")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -45,25 +57,54 @@ Examples:
 		return errUsage
 	}
 	switch {
-	case *secret != "" && *secretFile != "":
-		return usageErr("give --secret or --secret-file, not both")
-	case *secret == "" && *secretFile == "":
-		fmt.Fprintln(stderr, "no secret: give --secret, --secret-file or $HERALD_TOKEN_SECRET")
+	case (*secret != "") && (*secretFile != "") || (*secret != "" || *secretFile != "") && *keyFile != "":
+		return usageErr("give one of --secret, --secret-file and --key")
+	case *secret == "" && *secretFile == "" && *keyFile == "":
+		fmt.Fprintln(stderr, "no secret: give --secret, --secret-file or $HERALD_TOKEN_SECRET (or --key)")
 		fs.Usage()
 		return errUsage
 	case *ttl <= 0:
 		return usageErr("--ttl must be positive, got %v", *ttl)
-	case *alg != "HS256" && *alg != "HS384" && *alg != "HS512":
-		return usageErr("--alg must be HS256, HS384 or HS512, got %q", *alg)
 	}
-	key := []byte(*secret)
-	if *secretFile != "" {
+	var key any
+	switch {
+	case *keyFile != "":
+		b, err := os.ReadFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("read --key: %w", err)
+		}
+		if k, err := jwt.ParseRSAPrivateKeyFromPEM(b); err == nil {
+			key = k
+			if *alg == "" {
+				*alg = "RS256"
+			}
+		} else if k, err := jwt.ParseECPrivateKeyFromPEM(b); err == nil {
+			key = k
+			if *alg == "" {
+				*alg = "ES" + strconv.Itoa(ecBits(k.Curve.Params().BitSize))
+			}
+		} else {
+			return usageErr("--key %s: not a PEM RSA or EC private key", *keyFile)
+		}
+	case *secretFile != "":
 		b, err := os.ReadFile(*secretFile)
 		if err != nil {
 			return fmt.Errorf("read --secret-file: %w", err)
 		}
-		if key = bytes.TrimRight(b, "\r\n"); len(key) == 0 {
+		b = bytes.TrimRight(b, "\r\n")
+		if len(b) == 0 {
 			return usageErr("--secret-file %s is empty", *secretFile)
+		}
+		key = b
+	default:
+		key = []byte(*secret)
+	}
+	if _, isSecret := key.([]byte); isSecret {
+		if *alg == "" {
+			*alg = "HS256"
+		}
+		if *alg != "HS256" && *alg != "HS384" && *alg != "HS512" {
+			return usageErr("--alg must be HS256, HS384 or HS512 with a secret, got %q", *alg)
 		}
 	}
 	c := auth.Claims{Subject: *sub, Issuer: *issuer}
@@ -81,7 +122,7 @@ Examples:
 	c.Expires = now.Add(*ttl)
 	token, err := auth.Mint(key, *alg, c, now)
 	if err != nil {
-		return err
+		return usageErr("%v", err)
 	}
 	_, err = fmt.Fprintln(stdout, token)
 	return err
@@ -106,4 +147,13 @@ func patternList(name, list string) ([]string, error) {
 		return nil, fmt.Errorf("--%s: %d patterns, more than %d", name, len(out), auth.MaxPatterns)
 	}
 	return out, nil
+}
+
+// ecBits is the SHA size of the ES algorithm for a curve of size bits:
+// P-521 signs with ES512.
+func ecBits(bits int) int {
+	if bits == 521 {
+		return 512
+	}
+	return bits
 }

@@ -2,7 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -113,12 +119,12 @@ func TestTokenUsage(t *testing.T) {
 		{"help", nil, []string{"--help"}, 0, "herald token --secret-file dev.key --sub alice", true},
 		{"no secret", nil, []string{"--sub", "alice"}, 2, "no secret: give --secret, --secret-file or $HERALD_TOKEN_SECRET", true},
 		{"empty secret", nil, []string{"--secret", ""}, 2, "no secret", true},
-		{"both secrets", nil, []string{"--secret", tokenTestSecret, "--secret-file", empty}, 2, "give --secret or --secret-file, not both", false},
+		{"both secrets", nil, []string{"--secret", tokenTestSecret, "--secret-file", empty}, 2, "give one of --secret, --secret-file and --key", false},
 		{"empty secret file", nil, []string{"--secret-file", empty}, 2, "is empty", false},
 		{"missing secret file", nil, []string{"--secret-file", filepath.Join(dir, "nope")}, 1, "herald token: read --secret-file: open ", false},
 		{"zero ttl", nil, []string{"--secret", tokenTestSecret, "--ttl", "0s"}, 2, "--ttl must be positive", false},
 		{"negative ttl", nil, []string{"--secret", tokenTestSecret, "--ttl", "-1h"}, 2, "--ttl must be positive", false},
-		{"RS256", nil, []string{"--secret", tokenTestSecret, "--alg", "RS256"}, 2, `--alg must be HS256, HS384 or HS512, got "RS256"`, false},
+		{"RS256", nil, []string{"--secret", tokenTestSecret, "--alg", "RS256"}, 2, `--alg must be HS256, HS384 or HS512 with a secret, got "RS256"`, false},
 		{"none", nil, []string{"--secret", tokenTestSecret, "--alg", "none"}, 2, `--alg must be`, false},
 		{"bad pattern", nil, []string{"--secret", tokenTestSecret, "--subscribe", "chat..x"}, 2, `--subscribe "chat..x": invalid_channel`, false},
 		{"bad publish pattern", nil, []string{"--secret", tokenTestSecret, "--publish", "a.>.b"}, 2, `--publish "a.>.b": invalid_channel`, false},
@@ -145,4 +151,61 @@ func TestTokenUsage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// --key signs with a private key: RS256 for RSA, ES256 for P-256, and the
+// server verifies with the public half.
+func TestTokenWithPrivateKey(t *testing.T) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecDER, err := x509.MarshalECPrivateKey(ecKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		pem  []byte
+		pub  any
+		alg  string
+	}{
+		{"rsa", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}), &rsaKey.PublicKey, "RS256"},
+		{"ec", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER}), &ecKey.PublicKey, "ES256"},
+	} {
+		file := filepath.Join(dir, tc.name+".pem")
+		if err := os.WriteFile(file, tc.pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, stdout, stderr := runTokenCmd(t, "--key", file, "--sub", "erin", "--subscribe", "scores.>")
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", tc.name, code, stderr)
+		}
+		v, err := auth.New(context.Background(), auth.Config{PublicKeyPEM: pemPublicKey(t, tc.pub)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := v.Verify(context.Background(), strings.TrimSpace(stdout))
+		v.Close()
+		if err != nil || c.Subject != "erin" || !strings.Contains(jwtHeader(t, stdout), tc.alg) {
+			t.Fatalf("%s: %+v, %v", tc.name, c, err)
+		}
+	}
+	if code, _, _ := runTokenCmd(t, "--key", filepath.Join(dir, "rsa.pem"), "--alg", "HS256"); code != 2 {
+		t.Fatalf("HS256 with an RSA key: exit %d, want 2", code)
+	}
+}
+
+func jwtHeader(t *testing.T, token string) string {
+	t.Helper()
+	h, err := base64.RawURLEncoding.DecodeString(strings.Split(token, ".")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
 }

@@ -2,6 +2,8 @@ package auth
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -111,17 +113,32 @@ func patterns(name string, raw json.RawMessage) ([]string, *Error) {
 // hmacMethods are the algorithms Mint signs with and a Secret verifies.
 var hmacMethods = []string{"HS256", "HS384", "HS512"}
 
-// Mint signs c with secret using alg (HS256, HS384 or HS512), with "iat"
-// set to issuedAt unless it is zero. It is for development tokens (herald
-// token) and tests; production tokens come from the application's own
-// issuer. c.Expires is required, as Verify refuses a token without "exp";
-// times are whole seconds on the wire.
-func Mint(secret []byte, alg string, c Claims, issuedAt time.Time) (string, error) {
-	if len(secret) == 0 {
-		return "", errors.New("auth: mint: empty secret")
-	}
-	if !slices.Contains(hmacMethods, alg) {
-		return "", fmt.Errorf("auth: mint: algorithm %q is not one of HS256, HS384, HS512", alg)
+// Mint signs c with key using alg, with "iat" set to issuedAt unless it
+// is zero: an HMAC secret ([]byte) with HS256, HS384 or HS512, an
+// *rsa.PrivateKey with RS256, RS384 or RS512, or an *ecdsa.PrivateKey with
+// the ES algorithm of its curve. It is for development tokens (herald
+// token), benchmarks and tests; production tokens come from the
+// application's own issuer. c.Expires is required, as Verify refuses a
+// token without "exp"; times are whole seconds on the wire.
+func Mint(key any, alg string, c Claims, issuedAt time.Time) (string, error) {
+	switch k := key.(type) {
+	case []byte:
+		if len(k) == 0 {
+			return "", errors.New("auth: mint: empty secret")
+		}
+		if !slices.Contains(hmacMethods, alg) {
+			return "", fmt.Errorf("auth: mint: algorithm %q is not one of HS256, HS384, HS512", alg)
+		}
+	case *rsa.PrivateKey:
+		if !slices.Contains(rsaMethods, alg) {
+			return "", fmt.Errorf("auth: mint: algorithm %q is not one of RS256, RS384, RS512 for an RSA key", alg)
+		}
+	case *ecdsa.PrivateKey:
+		if want, _ := ecMethod(k.Curve); alg != want {
+			return "", fmt.Errorf("auth: mint: algorithm %q for an EC key on %s: want %q", alg, k.Curve.Params().Name, want)
+		}
+	default:
+		return "", fmt.Errorf("auth: mint: unsupported key type %T", key)
 	}
 	if c.Expires.IsZero() {
 		return "", errors.New("auth: mint: no expiry: Verify refuses a token without exp")
@@ -162,7 +179,7 @@ func Mint(secret []byte, alg string, c Claims, issuedAt time.Time) (string, erro
 	if c.Publish != nil {
 		m["publish"] = c.Publish
 	}
-	s, err := jwt.NewWithClaims(jwt.GetSigningMethod(alg), m).SignedString(secret)
+	s, err := jwt.NewWithClaims(jwt.GetSigningMethod(alg), m).SignedString(key)
 	if err != nil {
 		return "", fmt.Errorf("auth: mint: %w", err)
 	}
