@@ -37,10 +37,10 @@ func (hp *expiryHeap) remove(c *engine.Conn) {
 		return
 	}
 	i, last := int(s.heapAt-1), len(*hp)-1
-	s.heapAt = 0
 	if i != last {
 		hp.swap(i, last)
 	}
+	s.heapAt = 0 // after the swap, which gave it last's index
 	(*hp)[last] = nil
 	*hp = (*hp)[:last]
 	if i != last {
