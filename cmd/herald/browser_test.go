@@ -4,14 +4,23 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+
+	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/push"
+	"github.com/herald-ws/herald/engine/push/auth"
 )
 
 // The demo page in headless Chromium, driven with chromedp: it connects,
@@ -103,6 +112,290 @@ func TestDemoPageInBrowser(t *testing.T) {
 	navigate(t, page, "file://"+file)
 	waitPage[string](t, page, 15*time.Second, "the README snippet to print prices", `document.body.innerText`,
 		`(text) => text.includes("prices.AAPL {") && text.includes("prices.MSFT {")`)
+}
+
+// The chat page in two tabs of one room: a line typed in one shows up in
+// the other and comes back to its sender, as text (markup in it stays
+// text). On a server that does not let anonymous pages publish, the page
+// says which flag it needs; a room name that is not one safe token gets the
+// lobby.
+func TestChatPageInBrowser(t *testing.T) {
+	browser := newBrowser(t)
+	h := startTestHerald(t, heraldConfig{
+		Engine: engine.Config{HTTP: demoHandlers()},
+		Push:   push.Config{PublicPublish: []string{"chat.*"}},
+	})
+	room := "http://" + h.srv.Addr() + "/chat?room=test1"
+	a, b := openPage(t, browser, room), openPage(t, browser, room)
+	for _, page := range []context.Context{a, b} {
+		waitChat(t, page, 15*time.Second, "the page to join chat.test1", `(c) =>
+			c.state === "open" && c.channels.join() === "subscribed chat.test1" && c.me.startsWith("client ")`)
+	}
+
+	// Markup in a line must reach the other tab as text.
+	line := `hello <b id="x">bob</b> & <img src=x onerror="window.owned=1">`
+	typeLine(t, a, "ada", line)
+	seen := waitChat(t, b, 10*time.Second, "tab B to show tab A's line", `(c, line) =>
+		c.lines.some((l) => l.nick === "ada" && l.text === line)`, line)
+	mine := waitChat(t, a, 10*time.Second, "tab A to show its own line back, and clear the message box", `(c, line) =>
+		c.lines.some((l) => l.nick === "ada" && l.text === line && l.mine) && c.box === ""`, line)
+	if seen.Markup || mine.Markup || seen.Owned || mine.Owned {
+		t.Errorf("the line was rendered as HTML: tab A %+v, tab B %+v", mine, seen)
+	}
+	typeLine(t, b, "bob", "hi ada")
+	waitChat(t, a, 10*time.Second, "tab A to show tab B's answer after its own line", `(c, want) =>
+		c.lines.map((l) => l.nick + ": " + l.text).join("\n").endsWith(want)`, "ada: "+line+"\nbob: hi ada")
+	screenshot(t, a, "chat.png")
+
+	// A room name with a dot, or anything but letters, digits, - and _, is
+	// not a room: the page says so and joins the lobby.
+	navigate(t, b, "http://"+h.srv.Addr()+"/chat?room=test1.>")
+	waitChat(t, b, 15*time.Second, "the page to refuse the room name", `(c) =>
+		c.state === "open" && c.channels.join() === "subscribed chat.lobby" && c.notice.includes("is not a room name")`)
+
+	// Without --public-publish the line is refused, and the page says how
+	// to start Herald for the demo.
+	closed := startTestHerald(t, heraldConfig{Engine: engine.Config{HTTP: demoHandlers()}})
+	navigate(t, a, "http://"+closed.srv.Addr()+"/chat?room=test1")
+	waitChat(t, a, 15*time.Second, "the page to join chat.test1 on the second server", `(c) =>
+		c.state === "open" && c.channels.join() === "subscribed chat.test1"`)
+	typeLine(t, a, "ada", "anyone there?")
+	waitChat(t, a, 10*time.Second, "the page to say that publishing is forbidden, and why", `(c) =>
+		c.errors.some((e) => e.startsWith("Not sent (forbidden)")) &&
+		c.notice.includes("--public-publish 'chat.*'") && c.box === "anyone there?" && c.lines.length === 0`)
+	screenshot(t, a, "chat-forbidden.png")
+
+	for name, page := range map[string]context.Context{"A": a, "B": b} {
+		if errs := pageExceptions(page); len(errs) > 0 {
+			t.Errorf("tab %s threw:\n%s", name, strings.Join(errs, "\n"))
+		}
+	}
+}
+
+// herald.js against a server with auth: the token option, an async
+// function fetching tokens as a page would from its backend, is called for
+// each connection; publish resolves on the ack and rejects with Herald's
+// code; a token is refreshed before it expires, and a subscription the new
+// one does not permit is dropped; a connection whose token expires without
+// a refresh (4001) comes back with a new token.
+func TestChatTokenInBrowser(t *testing.T) {
+	browser := newBrowser(t)
+	secret := []byte("chat-test-secret-0123456789abcdef")
+	var minted atomic.Int64
+	handlers := demoHandlers()
+	// Test-only routes: a token endpoint, as a page's backend would have
+	// (GET /token?ttl=SECONDS&subscribe=PATTERN), and a page that loads
+	// herald.js and nothing else.
+	handlers["/token"] = func(dst []byte, req *codec.Request) ([]byte, int, string) {
+		q, err := url.ParseQuery(string(req.RawQuery))
+		ttl, _ := strconv.Atoi(q.Get("ttl"))
+		if err != nil || ttl <= 0 {
+			return append(dst, "want ?ttl=SECONDS"...), 400, "text/plain"
+		}
+		subscribe := q["subscribe"]
+		if len(subscribe) == 0 {
+			subscribe = []string{"chat.>"}
+		}
+		now := time.Now()
+		token, err := auth.Mint(secret, "HS256", auth.Claims{
+			Subject:   "alice",
+			Subscribe: subscribe,
+			Publish:   []string{"chat.>"},
+			Expires:   now.Add(time.Duration(ttl) * time.Second),
+		}, now)
+		if err != nil {
+			return append(dst, err.Error()...), 500, "text/plain"
+		}
+		minted.Add(1)
+		return append(dst, token...), 200, "text/plain"
+	}
+	handlers["/token-test"] = func(dst []byte, _ *codec.Request) ([]byte, int, string) {
+		return append(dst, tokenTestPage...), 200, "text/html; charset=utf-8"
+	}
+	h := startTestHerald(t, heraldConfig{Engine: engine.Config{HTTP: handlers}, Auth: &auth.Config{Secret: secret}})
+	page := openPage(t, browser, "http://"+h.srv.Addr()+"/token-test")
+
+	// Without a token this server lets nobody in (401): the client backs
+	// off and tries again, it does not throw.
+	evaluate(t, page, `connectClient("anonymous", [], [])`)
+	waitPage[tokenClient](t, page, 10*time.Second, "a client without a token to be refused", `view("anonymous")`,
+		`(c) => c.states.filter((s) => s.startsWith("waiting 1006")).length >= 2 && c.id === null`)
+	evaluate(t, page, `clients.anonymous.client.close()`)
+
+	// A token of an hour, for alice.
+	start := time.Now()
+	evaluate(t, page, `connectClient("hour", ["ttl=3600"], ["chat.room"])`)
+	c := waitPage[tokenClient](t, page, 15*time.Second, "the client to connect with its token", `view("hour")`,
+		`(c) => c.id !== null && c.channels["chat.room"] === "subscribed"`)
+	if c.User != "alice" || c.Calls != 1 || c.Expires < start.Add(time.Hour).Unix()-5 || c.Expires > time.Now().Add(time.Hour).Unix() {
+		t.Errorf("after one connection: %+v; want user alice, one token call and expiry in an hour", c)
+	}
+	ctx, cancel := context.WithTimeout(page, browserStep)
+	defer cancel()
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+		OK  string
+		Bad struct {
+			Code, Message string
+			IsError       bool
+		}
+	}](`(async () => {
+		const client = clients.hour.client;
+		const ok = await client.publish("chat.room", { nick: "alice", text: "hi" }).then((v) => "resolved " + v, (e) => "rejected " + e.code);
+		const bad = await client.publish("secret.room", 1).then(() => ({ code: "resolved" }),
+			(e) => ({ code: e.code, message: e.message, isError: e instanceof Error }));
+		return { ok, bad };
+	})()`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.OK != "resolved undefined" || got.Bad.Code != "forbidden" || got.Bad.Message == "" || !got.Bad.IsError {
+		t.Errorf("publish: %+v; want the allowed one resolved, and the other rejected with an Error of code forbidden", got)
+	}
+	waitPage[tokenClient](t, page, 10*time.Second, "the publisher to receive its own message", `view("hour")`,
+		`(c) => c.messages.includes('chat.room {"nick":"alice","text":"hi"}')`)
+
+	// A token of 8 s, refreshed in band about 5 s in with one that grants
+	// only chat.x, so chat.y is dropped; and a token of 2 s, not refreshed
+	// in time: closed with 4001, the next connection gets one of an hour.
+	evaluate(t, page, `connectClient("short", ["ttl=8", "ttl=8&subscribe=chat.x"], ["chat.x", "chat.y"]);
+		connectClient("expiring", ["ttl=2", "ttl=3600"], ["chat.room"])`)
+	waitPage[tokenClient](t, page, 10*time.Second, "the short-lived client to connect", `view("short")`,
+		`(c) => c.channels["chat.x"] === "subscribed" && c.channels["chat.y"] === "subscribed"`)
+	short := waitPage[tokenClient](t, page, 15*time.Second, "the 8 s token to be refreshed", `view("short")`,
+		`(c) => c.refreshes.length >= 1 && c.channels["chat.y"] !== "subscribed"`)
+	if r := short.Refreshes[0]; r.Error != "" || len(short.Greetings) != 1 || r.Expires <= short.Greetings[0] || short.States[len(short.States)-1] != "open" || short.Calls != 2 {
+		t.Errorf("refresh: %+v; want a refresh with a later expiry on the same connection, after two token calls", short)
+	}
+	if s := short.Channels["chat.y"]; !strings.HasPrefix(s, "forbidden: ") || short.Channels["chat.x"] != "subscribed" {
+		t.Errorf("after the refresh: chat.x %q, chat.y %q; want chat.x kept and chat.y forbidden", short.Channels["chat.x"], s)
+	}
+	expiring := waitPage[tokenClient](t, page, 15*time.Second, "the expired connection to come back with a new token", `view("expiring")`,
+		`(c) => c.states.includes("waiting 4001 token expired") && c.states.at(-1) === "open" && c.channels["chat.room"] === "subscribed"`)
+	if expiring.Calls != 2 || expiring.Expires < time.Now().Add(time.Hour).Unix()-10 {
+		t.Errorf("after 4001: %+v; want a second token call and the hour's expiry", expiring)
+	}
+	if n := minted.Load(); n > 8 {
+		t.Errorf("%d tokens minted; the clients should have asked for 5", n)
+	}
+	if errs := pageExceptions(page); len(errs) > 0 {
+		t.Errorf("the page threw:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// tokenTestPage is TestChatTokenInBrowser's page: connectClient(name,
+// queries, channels) starts a HeraldClient whose token function fetches
+// /token?QUERY, queries[n] for its n-th call and the last one after that
+// (no token function if there are none), and view(name) is what that
+// client has seen.
+const tokenTestPage = `<!doctype html>
+<title>token test</title>
+<script src="/herald.js"></script>
+<script>
+"use strict";
+const clients = {};
+function connectClient(name, queries, channels) {
+  const c = { calls: 0, states: [], channels: {}, messages: [], greetings: [], refreshes: [] };
+  clients[name] = c;
+  c.client = new HeraldClient("ws://" + location.host + "/ws", {
+    channels, minDelay: 200, maxDelay: 1000,
+    token: queries.length === 0 ? undefined : async () => {
+      const query = queries[Math.min(c.calls++, queries.length - 1)];
+      const resp = await fetch("/token?" + query, { cache: "no-store" });
+      if (!resp.ok) throw new Error("token endpoint: " + resp.status);
+      return resp.text();
+    },
+    onstatechange: (state, info) => c.states.push(state === "waiting" ? "waiting " + info.code + " " + info.reason : state),
+    onchannel: (channel, status) => (c.channels[channel] = status),
+    onmessage: (channel, data) => c.messages.push(channel + " " + JSON.stringify(data)),
+    onconnected: ({ expires }) => c.greetings.push(expires),
+    onrefresh: ({ expires, error }) => c.refreshes.push({ expires, error: error ? error.code + ": " + error.message : "" }),
+  });
+  return c;
+}
+function view(name) {
+  const c = clients[name];
+  return { id: c.client.id, user: c.client.user, expires: c.client.expires, calls: c.calls, states: c.states,
+    channels: c.channels, messages: c.messages, greetings: c.greetings, refreshes: c.refreshes };
+}
+</script>`
+
+// tokenClient is view(name) of tokenTestPage.
+type tokenClient struct {
+	ID        *string
+	User      string
+	Expires   int64
+	Calls     int
+	States    []string
+	Channels  map[string]string
+	Messages  []string
+	Greetings []int64 // the expiry in each connection's greeting
+	Refreshes []struct {
+		Expires int64
+		Error   string
+	}
+}
+
+// evaluate runs JavaScript statements in page, ignoring their value.
+func evaluate(t *testing.T, page context.Context, js string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(page, browserStep)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](js+";\nundefined")); err != nil {
+		t.Fatalf("evaluate %s: %v", js, err)
+	}
+}
+
+// typeLine types a line into the chat page's message box, empty until
+// then, as its user would, with Enter at the end, as nick.
+func typeLine(t *testing.T, page context.Context, nick, text string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(page, browserStep)
+	defer cancel()
+	if err := chromedp.Do(ctx,
+		chromedp.SetValue("#nick", nick),
+		chromedp.SendKeys("#text", text+kb.Enter),
+	); err != nil {
+		t.Fatalf("type %q as %s: %v", text, nick, err)
+	}
+}
+
+// chatView is what the chat page shows, read from its DOM.
+type chatView struct {
+	State    string
+	Me       string
+	Notice   string
+	Box      string // the message box
+	Channels []string
+	Lines    []struct {
+		Nick, Text string
+		Mine       bool
+	}
+	Errors []string
+	Markup bool // an element in the log that the page did not make
+	Owned  bool // a script in a line ran
+}
+
+const chatViewJS = `(() => {
+  const $ = (s) => document.querySelector(s);
+  return {
+    state: document.body.dataset.state,
+    me: $("#me").textContent,
+    notice: $("#notice").hidden ? "" : $("#notice").textContent,
+    box: $("#text").value,
+    channels: [...document.querySelectorAll("#channels li")].map((li) => li.className + " " + li.textContent),
+    lines: [...document.querySelectorAll("#log li.line")].map((li) => ({
+      nick: li.querySelector(".nick").textContent, text: li.querySelector(".text").textContent, mine: li.classList.contains("mine"),
+    })),
+    errors: [...document.querySelectorAll("#log li.error")].map((li) => li.textContent),
+    markup: document.querySelector("#log b, #log img, #x") !== null,
+    owned: window.owned === 1,
+  };
+})()`
+
+// waitChat waits for the chat page to satisfy cond; see waitPage.
+func waitChat(t *testing.T, page context.Context, bound time.Duration, what, cond string, args ...any) chatView {
+	t.Helper()
+	return waitPage[chatView](t, page, bound, what, chatViewJS, cond, args...)
 }
 
 // demoBoard is what the demo page shows, read from its DOM.

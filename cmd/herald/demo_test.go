@@ -19,8 +19,8 @@ import (
 	"github.com/herald-ws/herald/engine"
 )
 
-// The demo page's files are served at their names, index.html at /, and
-// nothing at all with --no-demo.
+// The demo pages' files are served at their names, index.html at /,
+// chat.html at /chat, and nothing at all with --no-demo.
 func TestDemoPageServed(t *testing.T) {
 	h := startTestHerald(t, heraldConfig{Engine: engine.Config{HTTP: demoHandlers()}})
 	for _, tt := range []struct{ path, file, contentType string }{
@@ -30,6 +30,10 @@ func TestDemoPageServed(t *testing.T) {
 		{"/app.js", "web/app.js", "text/javascript; charset=utf-8"},
 		{"/style.css", "web/style.css", "text/css; charset=utf-8"},
 		{"/?channel=prices.AAPL", "web/index.html", "text/html; charset=utf-8"},
+		{"/chat", "web/chat.html", "text/html; charset=utf-8"},
+		{"/chat?room=test1", "web/chat.html", "text/html; charset=utf-8"},
+		{"/chat.html", "web/chat.html", "text/html; charset=utf-8"},
+		{"/chat.js", "web/chat.js", "text/javascript; charset=utf-8"},
 	} {
 		resp, err := http.Get("http://" + h.srv.Addr() + tt.path)
 		if err != nil {
@@ -49,26 +53,32 @@ func TestDemoPageServed(t *testing.T) {
 	if code := httpGet(t, h.srv.Addr(), "/nope.js"); code != 404 {
 		t.Errorf("GET /nope.js: %d, want 404", code)
 	}
-	// Every file the page links to is served.
-	index, _ := os.ReadFile("web/index.html")
-	for _, m := range regexp.MustCompile(`(?:src|href)="([a-z.]+)"`).FindAllSubmatch(index, -1) {
-		if code := httpGet(t, h.srv.Addr(), "/"+string(m[1])); code != 200 {
-			t.Errorf("index.html links to %s, which answers %d", m[1], code)
+	// Every file the pages link to is served.
+	for _, page := range []string{"index.html", "chat.html"} {
+		html, _ := os.ReadFile("web/" + page)
+		for _, m := range regexp.MustCompile(`(?:src|href)="([a-z.]+)"`).FindAllSubmatch(html, -1) {
+			if code := httpGet(t, h.srv.Addr(), "/"+string(m[1])); code != 200 {
+				t.Errorf("%s links to %s, which answers %d", page, m[1], code)
+			}
 		}
 	}
 }
 
 func TestServeNoDemo(t *testing.T) {
 	_, addr := startHeraldProcess(t, "--no-demo")
-	if code := httpGet(t, addr, "/"); code != 404 {
-		t.Errorf("herald serve --no-demo: GET / answers %d, want 404", code)
+	for _, path := range []string{"/", "/chat", "/chat.js"} {
+		if code := httpGet(t, addr, path); code != 404 {
+			t.Errorf("herald serve --no-demo: GET %s answers %d, want 404", path, code)
+		}
 	}
 	if code := httpGet(t, addr, "/healthz"); code != 200 {
 		t.Errorf("herald serve --no-demo: GET /healthz answers %d, want 200", code)
 	}
 	_, addr = startHeraldProcess(t)
-	if code := httpGet(t, addr, "/"); code != 200 {
-		t.Errorf("herald serve: GET / answers %d, want 200 (the demo page)", code)
+	for _, path := range []string{"/", "/chat"} {
+		if code := httpGet(t, addr, path); code != 200 {
+			t.Errorf("herald serve: GET %s answers %d, want 200 (a demo page)", path, code)
+		}
 	}
 }
 

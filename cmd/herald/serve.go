@@ -42,9 +42,10 @@ on every message on the channel arrives exactly once, overlapping wildcard
 patterns included. By default an embedded NATS server listens on
 --nats-listen, so any NATS client can publish:
 herald pub prices.AAPL '{"px":187.2}'  or  nats pub prices.AAPL '{"px":187.2}'.
-Plain HTTP on the same port: GET / (the live demo page, see herald demo;
---no-demo turns it off), GET /healthz (alive), GET /readyz (NATS connected
-and not draining) and GET /metrics (Prometheus).
+Plain HTTP on the same port: GET / (the live demo page, see herald demo)
+and GET /chat (a chat room; it needs --public-publish 'chat.*' for anonymous
+pages), which --no-demo turns off, GET /healthz (alive), GET /readyz (NATS
+connected and not draining) and GET /metrics (Prometheus).
 
 SIGTERM or SIGINT drains: new connections are refused, open ones are closed
 with 1001 "going away" spread over --drain-timeout, then Herald exits 0. A
@@ -58,7 +59,7 @@ second signal exits at once.`, stderr)
 	natsURL := fs.String("nats", "", "`URL` of an existing NATS server or cluster (comma-separated) to join instead of running an embedded one")
 	natsListen := fs.String("nats-listen", pubsub.DefaultListen, "`address` the embedded NATS server listens on for publishers (ignored with --nats)")
 	noWildcards := fs.Bool("no-wildcards", false, "refuse wildcard channels (prices.*, game.>)")
-	noDemo := fs.Bool("no-demo", false, "do not serve the live demo page at / (see herald demo)")
+	noDemo := fs.Bool("no-demo", false, "do not serve the demo pages at / (see herald demo) and /chat")
 	maxChannels := fs.Int("max-channels", push.DefaultMaxChannels, "most channels one connection may subscribe to")
 	maxOutbound := sizeFlag(fs, "max-outbound", engine.DefaultMaxOutbound, "most unsent bytes a connection may have queued; a subscriber further behind is closed with 1008")
 	handshakeTimeout := fs.Duration("handshake-timeout", engine.DefaultHandshakeTimeout,

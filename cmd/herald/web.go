@@ -9,9 +9,9 @@ import (
 	"github.com/herald-ws/herald/engine"
 )
 
-// webFiles is the live demo page: a stock-ticker board on the browser's
-// WebSocket API, with no build step. herald.js in it is the client the
-// README shows.
+// webFiles are the demo pages: a stock-ticker board on the browser's
+// WebSocket API (index.html) and a chat room (chat.html), with no build
+// step. herald.js in them is the client the README shows.
 //
 //go:embed web
 var webFiles embed.FS
@@ -25,7 +25,8 @@ var webTypes = map[string]string{
 	".png":  "image/png",
 }
 
-// demoHandlers serves the demo page: index.html at / (and /index.html),
+// demoHandlers serves the demo pages: index.html at / (and /index.html),
+// another page at its name with and without .html (chat.html at /chat),
 // every other file of web/ at its name. herald serve adds them to the
 // engine's plain HTTP routes unless --no-demo is given.
 func demoHandlers() map[string]engine.HTTPHandler {
@@ -47,8 +48,11 @@ func demoHandlers() map[string]engine.HTTPHandler {
 		}
 		route := "/" + name[len("web/"):]
 		handlers[route] = serve
-		if path.Base(route) == "index.html" {
+		switch {
+		case path.Base(route) == "index.html":
 			handlers[path.Dir(route)] = serve
+		case path.Ext(route) == ".html":
+			handlers[route[:len(route)-len(".html")]] = serve
 		}
 		return nil
 	})

@@ -11,14 +11,23 @@
 // jitter: after the n-th failure in a row it waits a random time between 0
 // and min(maxDelay, minDelay * 2^n), so that the thousands of pages one
 // server restart cuts off do not all come back in the same instant.
+//
+// The token option, a string or an async function, goes in ?token=. A
+// function is called before each connection, and again some time before the
+// token expires, so that the connection carries on with a fresh one
+// ({"op":"refresh"}) instead of being closed with 4001.
 class HeraldClient {
   constructor(url, options = {}) {
     this.url = url;
     this.options = { minDelay: 500, maxDelay: 30000, heartbeat: 20000, ...options };
     this.channels = new Map(); // channel -> "pending", "subscribed" or an error
+    this.pending = new Map(); // request id -> the function its answer goes to
+    this.lastId = 0;
     this.attempt = 0; // failed connections since the last good one
     this.closed = false;
     this.ws = null;
+    this.id = this.user = null; // from Herald's greeting, once connected
+    this.expires = 0; // the token's expiry, Unix seconds; 0 without one
     for (const channel of this.options.channels ?? []) this.channels.set(channel, "pending");
     this._connect();
   }
@@ -33,6 +42,20 @@ class HeraldClient {
     this._send({ op: "unsubscribe", channel });
   }
 
+  // publish sends data (any JSON value) to channel. The promise resolves
+  // when Herald has handed it to NATS and rejects with an Error whose code
+  // is Herald's (forbidden, rate_limited, too_large, ...) or "disconnected":
+  // not connected, or the connection dropped before the answer.
+  publish(channel, data) {
+    return new Promise((resolve, reject) => {
+      if (!this._open()) return reject(this._error("disconnected", "not connected to Herald"));
+      this._request({ op: "publish", channel, data }, (msg) => {
+        if (msg?.op === "ack") resolve();
+        else reject(msg ? this._error(msg.code, msg.message) : this._error("disconnected", "the connection dropped before Herald answered"));
+      });
+    });
+  }
+
   // close disconnects for good.
   close() {
     this.closed = true;
@@ -42,10 +65,20 @@ class HeraldClient {
   }
 
   _connect() {
-    const ws = new WebSocket(this.url);
+    this._emit("onstatechange", "connecting", { attempt: this.attempt });
+    Promise.resolve()
+      .then(() => (typeof this.options.token === "function" ? this.options.token() : this.options.token))
+      .then(
+        (token) => this.closed || this._dial(token),
+        (err) => this.closed || this._retry({ code: 0, reason: `no token: ${err?.message ?? err}`, wasOpen: false }),
+      );
+  }
+
+  _dial(token) {
+    const url = token ? `${this.url}${this.url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : this.url;
+    const ws = new WebSocket(url);
     this.ws = ws;
     this.openedAt = 0;
-    this._emit("onstatechange", "connecting", { attempt: this.attempt });
     ws.onopen = () => {
       this.openedAt = Date.now();
       this._emit("onstatechange", "open", {});
@@ -56,7 +89,7 @@ class HeraldClient {
       this._alive();
       this._receive(event.data);
     };
-    // The browser hides why a connection failed (refused, DNS, HTTP 503):
+    // The browser hides why a connection failed (refused, DNS, HTTP 401):
     // onerror carries no detail and is always followed by onclose.
     ws.onclose = (event) => this._lost(ws, event.code, event.reason);
   }
@@ -69,15 +102,57 @@ class HeraldClient {
       msg = null;
     }
     if (msg === null || typeof msg !== "object") return; // raw payloads (?format=raw) are not for this client
-    if (msg.op === "ack" || msg.op === "error") {
-      // Subscriptions use their channel as id; other answers have none.
-      if (msg.id === undefined || !this.channels.has(msg.id)) return;
+    if (msg.op === "connected") {
+      // Herald's greeting: who this connection is, and until when.
+      ({ client: this.id, user: this.user, expires: this.expires } = msg);
+      this._refreshLater();
+      this._emit("onconnected", { id: this.id, user: this.user, expires: this.expires });
+    } else if (msg.op === "ack" || msg.op === "error") {
+      // Publishes and refreshes have numbers for ids, subscriptions their
+      // channel; a subscription Herald dropped has its channel and no id.
+      const answer = this.pending.get(msg.id);
+      if (answer) {
+        this.pending.delete(msg.id);
+        return answer(msg);
+      }
+      const channel = msg.id ?? msg.channel;
+      if (channel === undefined || !this.channels.has(channel)) return;
       const status = msg.op === "ack" ? "subscribed" : `${msg.code}: ${msg.message}`;
-      this.channels.set(msg.id, status);
-      this._emit("onchannel", msg.id, status);
+      this.channels.set(channel, status);
+      this._emit("onchannel", channel, status);
     } else if (msg.op === undefined) {
       this._emit("onmessage", msg.channel, msg.data);
     }
+  }
+
+  // _refreshLater plans the next refresh: at 80 to 90% of the token's life
+  // left, or 30 s before it ends if that is sooner, but not before half of
+  // it, nor within 5 s (a clock far off must not make it spin).
+  _refreshLater() {
+    clearTimeout(this.refreshTimer);
+    if (typeof this.options.token !== "function" || !(this.expires > 0)) return;
+    const left = this.expires * 1000 - Date.now();
+    const at = Math.min(left * (0.8 + 0.1 * Math.random()), left - 30000);
+    const delay = Math.max(at, left * (0.5 + 0.1 * Math.random()), 5000);
+    this.refreshTimer = setTimeout(() => this._refresh(), Math.min(delay, 2 ** 31 - 1));
+  }
+
+  async _refresh() {
+    const ws = this.ws;
+    let token;
+    try {
+      token = await this.options.token();
+    } catch (err) {
+      this._emit("onrefresh", { expires: this.expires, error: this._error("no_token", String(err?.message ?? err)) });
+      return this._refreshLater();
+    }
+    if (ws !== this.ws || !this._open()) return; // the next connection gets a token of its own
+    this._request({ op: "refresh", token }, (msg) => {
+      if (!msg) return;
+      if (msg.op === "ack") this.expires = msg.expires;
+      this._emit("onrefresh", { expires: this.expires, error: msg.op === "ack" ? null : this._error(msg.code, msg.message) });
+      this._refreshLater(); // after a refusal, try again before the old token ends
+    });
   }
 
   // _alive runs on every message. Browsers answer the server's pings but
@@ -100,26 +175,50 @@ class HeraldClient {
     ws.onclose = ws.onmessage = null;
     ws.close();
     clearTimeout(this.heartbeatTimer);
+    clearTimeout(this.refreshTimer);
     for (const channel of this.channels.keys()) this.channels.set(channel, "pending");
+    const answers = [...this.pending.values()];
+    this.pending.clear();
+    for (const answer of answers) answer(null);
     const wasOpen = this.openedAt > 0;
     if (this.closed) {
       this._emit("onstatechange", "closed", { code, reason, wasOpen });
       return;
     }
     // A connection that lasted was a success: start the backoff afresh.
+    // After 4001 (token expired) the next attempt fetches a new token.
     if (wasOpen && Date.now() - this.openedAt > 10000) this.attempt = 0;
+    this._retry({ code, reason, wasOpen });
+  }
+
+  _retry(info) {
     const ceiling = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** this.attempt);
     const delay = Math.random() * ceiling;
     this.attempt++;
-    this._emit("onstatechange", "waiting", { code, reason, wasOpen, delay, attempt: this.attempt });
+    this._emit("onstatechange", "waiting", { ...info, delay, attempt: this.attempt });
     this.retryTimer = setTimeout(() => this._connect(), delay);
   }
 
+  _request(msg, answer) {
+    const id = ++this.lastId;
+    this.pending.set(id, answer);
+    this._send({ ...msg, id });
+  }
+
+  _open() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
   _send(msg) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (this._open()) this.ws.send(JSON.stringify(msg));
   }
 
   _emit(callback, ...args) {
     if (this.options[callback]) this.options[callback](...args);
+  }
+
+  // _error is an Error with Herald's code: err.code, err.message.
+  _error(code, message) {
+    return Object.assign(new Error(message), { code });
   }
 }
