@@ -48,9 +48,13 @@ type Handler interface {
 	// subscription carries every message it matches: the point at which a
 	// subscriber may be told it is subscribed.
 	//
-	// err is a *channel.Error for an invalid pattern, ErrUnsubscribed when
+	// err is a *channel.Error for an invalid pattern, or (errors.As finds
+	// it) one with channel.CodeForbidden when the NATS server refused the
+	// subscription (permissions; see perm.go), ErrUnsubscribed when
 	// Unsubscribe(id) came first, ErrClosed when Close came first, or
-	// nats.go's reason wrapped with the pattern.
+	// nats.go's reason wrapped with the pattern. A member of a wide group
+	// (Config.Wide) is answered the same way, for the wide pattern's NATS
+	// subscription.
 	Live(id uint64, err error)
 }
 
@@ -83,7 +87,8 @@ var (
 	stopMarker = &nats.Msg{Subject: "pubsub: stop"}
 )
 
-// subscription is one Subscribe call. Its fields are split by goroutine.
+// subscription is one Subscribe call, or the NATS subscription of a wide
+// group (a carrier, see wide.go). Its fields are split by goroutine.
 type subscription struct {
 	id      uint64
 	pattern string // cloned: never the caller's memory
@@ -91,21 +96,35 @@ type subscription struct {
 	// cancelled is set by Unsubscribe: nothing more is delivered under id.
 	cancelled atomic.Bool
 
+	// carrier marks the NATS subscription of group wide: it has no id and
+	// no Live, and its messages go to the group's members. Set before the
+	// worker first hands the subscription on, then read-only.
+	carrier bool
 	// Worker only.
-	sub   *nats.Subscription // nil until made, or if never made
 	state subState
+	// Dispatcher only.
+	live bool // Live(id, nil) delivered
+
+	// wide is the group of a member or of a carrier, nil for an ordinary
+	// subscription. Set by the worker before it first hands the
+	// subscription on, then read-only.
+	wide *wideGroup
+
+	// Worker only.
+	sub *nats.Subscription // nil until made, or if never made (members never have one)
 
 	// Dispatcher only.
-	live  bool   // Live(id, nil) delivered
-	group uint64 // the dispatcher group it last joined
+	group uint64        // the dispatcher group it last joined
+	next  *subscription // the next live member on the same subject (wideGroup.literal)
 }
 
 type subState uint8
 
 const (
 	stateQueued   subState = iota // Subscribe called, not yet made
-	stateMade                     // NATS subscription made, round trip pending
-	stateAnswered                 // Live handed to the dispatcher
+	stateMade                     // NATS subscription made (or, for a member, group joined), round trip pending
+	stateAnswered                 // Live handed to the dispatcher; for a carrier: its round trip is done
+	stateGone                     // nothing left to undo: refused, or (member, carrier) ended
 )
 
 // op is one call for the worker.
@@ -119,7 +138,8 @@ type op struct {
 type answer struct {
 	s *subscription
 	// forget: the NATS subscription sub is gone (Unsubscribe returned, so
-	// nats.go sends nothing more for it). Otherwise a Live with err.
+	// nats.go sends nothing more for it), or, with sub nil, member s left
+	// its group. Otherwise a Live with err.
 	forget bool
 	sub    *nats.Subscription
 	err    error
@@ -178,12 +198,20 @@ func (b *Broker) Unsubscribe(id uint64) {
 }
 
 // Channels returns the number of subscriptions that exist: subscribed, not
-// yet unsubscribed, and not answered with an error.
+// yet unsubscribed, and not answered with an error. Members of wide groups
+// count like any other subscription (see NATSSubscriptions for what NATS
+// holds).
 func (b *Broker) Channels() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.subs)
 }
+
+// NATSSubscriptions returns the number of NATS subscriptions the broker
+// holds in nats.go: one per subscription outside the wide patterns that the
+// worker has made and not yet ended, and one per wide pattern with members
+// (Config.Wide). It reads a counter and never calls nats.go.
+func (b *Broker) NATSSubscriptions() int { return int(b.natsSubs.Load()) }
 
 // kick wakes the worker. It never blocks.
 func (b *Broker) kick() {
@@ -206,40 +234,30 @@ func (b *Broker) kick() {
 // messages the PONG may take long to come).
 func (b *Broker) work() {
 	defer close(b.workerDone)
-	var (
-		pending  []*subscription // made, round trip not yet asked for
-		inflight []*subscription // made before the round trip under way
-		tripping bool            // a round trip is under way
-	)
+	w := &worker{b: b}
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	for {
-		var out []answer
 		failed := false // the round trip failed: retry on the timer or a wake-up
 		select {
 		case <-b.stop:
-			b.finish(append(inflight, pending...))
+			w.finish()
 			return
 		case <-b.wake:
 		case <-retry.C:
-		case err := <-b.tripDone:
-			tripping = false
-			if err == nil {
-				for _, s := range inflight {
-					if s.state == stateMade {
-						s.state = stateAnswered
-						out = append(out, answer{s: s})
-					}
-				}
+		case t := <-b.tripDone:
+			w.tripping = false
+			if t.err == nil {
+				w.confirm(t.forbidden)
 			} else {
 				// Lost the connection meanwhile (nats.go then fails the
 				// round trip at once) or a very slow server: try again.
 				b.log.Debug("pubsub: round trip for new subscriptions failed; will retry",
-					"subscriptions", len(inflight), "err", err)
-				pending = append(inflight, pending...)
+					"subscriptions", len(w.inflight), "err", t.err)
+				w.pending = append(w.inflight, w.pending...)
 				failed = true
 			}
-			inflight = nil
+			w.inflight = nil
 		}
 		b.mu.Lock()
 		ops := b.queue
@@ -248,27 +266,61 @@ func (b *Broker) work() {
 
 		for i, o := range ops {
 			if b.stopping() {
-				b.answer(out)
-				b.finish(append(inflight, pending...), ops[i:]...)
+				w.finish(ops[i:]...)
 				return
 			}
-			out, pending = b.perform(o, out, pending)
+			w.perform(o)
 		}
-		if !tripping && len(pending) > 0 {
+		// A permission violation waiting to be told apart (see perm.go)
+		// asks for a round trip too.
+		if !w.tripping && (len(w.pending) > 0 || b.violationsWaiting()) {
 			// While nats.go is reconnecting, wait for the reconnect
 			// callback (or the timer): nats.go re-sends every subscription
 			// first thing on the new connection, and a PONG there proves
 			// them all in place.
 			if !failed && b.Connected() {
-				inflight, pending = pending, nil
-				tripping = true
+				w.inflight, w.pending = w.pending, nil
+				w.tripping = true
+				w.tripEpoch = b.epoch.Load()
 				b.tripStart <- struct{}{} // capacity 1 and the tripper is idle
 			} else {
 				retry.Reset(retryInterval)
 			}
 		}
-		b.answer(out)
+		w.flush()
 	}
+}
+
+// worker is the state of the worker goroutine.
+type worker struct {
+	b        *Broker
+	out      []answer        // for the dispatcher, handed on by flush
+	pending  []*subscription // made, round trip not yet asked for
+	inflight []*subscription // made before the round trip under way
+	tripping bool            // a round trip is under way
+	// tripEpoch is b.epoch when the round trip under way was asked for;
+	// proven says that a round trip asked for at epoch provenEpoch
+	// succeeded: every subscription nats.go had then is on the server.
+	tripEpoch   uint64
+	proven      bool
+	provenEpoch uint64
+	// carried are permission violations for subscriptions in pending,
+	// applied when their round trip completes (see perm.go).
+	carried map[string]error
+}
+
+// tripResult is the outcome of one round trip.
+type tripResult struct {
+	err error
+	// forbidden are the subjects whose SUB the server refused (permission
+	// violations) as the tripper learnt them by the PONG; see perm.go.
+	forbidden map[string]error
+}
+
+// flush hands the answers gathered so far to the dispatcher.
+func (w *worker) flush() {
+	w.b.answer(w.out)
+	w.out = nil // the dispatcher owns the batch now
 }
 
 // roundTrips is the round-tripper goroutine: it makes the worker's round
@@ -280,9 +332,15 @@ func (b *Broker) roundTrips() {
 			return
 		case <-b.tripStart:
 		}
-		err := b.nc.FlushTimeout(flushTimeout)
+		if h := b.testHookTrip.Load(); h != nil {
+			(*h)()
+		}
+		t := tripResult{err: b.nc.FlushTimeout(flushTimeout)}
+		if t.err == nil {
+			t.forbidden = b.takeViolations()
+		}
 		select {
-		case b.tripDone <- err:
+		case b.tripDone <- t:
 		case <-b.stop:
 			return
 		}
@@ -298,66 +356,283 @@ func (b *Broker) stopping() bool {
 	}
 }
 
-// perform does one op on the worker and appends what the dispatcher must
-// hear about it.
-func (b *Broker) perform(o op, out []answer, pending []*subscription) ([]answer, []*subscription) {
-	s := o.s
+// perform does one op and gathers what the dispatcher must hear about it.
+func (w *worker) perform(o op) {
+	b, s := w.b, o.s
 	if o.unsubscribe {
-		if s.sub == nil {
-			return out, pending // never made: its answer is already out
-		}
-		b.dropSlow(s.sub) // Dropped() is unavailable after Unsubscribe
-		if err := s.sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-			b.log.Warn("pubsub: unsubscribe failed", "channel", s.pattern, "id", s.id, "err", err)
-		}
-		out = append(out, answer{s: s, forget: true, sub: s.sub})
-		if s.state == stateMade {
-			s.state = stateAnswered
-			out = append(out, answer{s: s, err: ErrUnsubscribed})
-		}
-		return out, pending
+		w.unsubscribe(s)
+		return
 	}
 	switch {
 	case o.err != nil:
 		s.state = stateAnswered
-		return append(out, answer{s: s, err: o.err}), pending
+		w.out = append(w.out, answer{s: s, err: o.err})
+		return
 	case s.cancelled.Load():
 		s.state = stateAnswered
-		return append(out, answer{s: s, err: ErrUnsubscribed}), pending
+		w.out = append(w.out, answer{s: s, err: ErrUnsubscribed})
+		return
 	}
-	sub, err := b.nc.ChanSubscribe(s.pattern, b.msgs)
-	if err != nil {
-		if errors.Is(err, nats.ErrConnectionClosed) {
-			err = ErrClosed // only Close closes the connection
-		} else {
+	if g := b.wideFor(s.pattern); g != nil {
+		w.join(g, s)
+		return
+	}
+	if err := w.subscribeNATS(s); err != nil {
+		if !errors.Is(err, ErrClosed) {
 			err = fmt.Errorf("pubsub: subscribe to %s: %w", s.pattern, err)
 		}
 		s.state = stateAnswered
-		b.mu.Lock()
-		if b.subs[s.id] == s {
-			delete(b.subs, s.id)
+		w.drop(s)
+		w.out = append(w.out, answer{s: s, err: err})
+		return
+	}
+	w.pending = append(w.pending, s)
+}
+
+// subscribeNATS makes s's NATS subscription, into the shared channel.
+func (w *worker) subscribeNATS(s *subscription) error {
+	b := w.b
+	sub, err := b.nc.ChanSubscribe(s.pattern, b.msgs)
+	if err != nil {
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			return ErrClosed // only Close closes the connection
 		}
-		b.mu.Unlock()
-		return append(out, answer{s: s, err: err}), pending
+		return err
 	}
 	s.sub, s.state = sub, stateMade
+	b.natsSubs.Add(1)
 	b.regMu.Lock()
 	b.registered[sub] = s
 	b.regMu.Unlock()
-	return out, append(pending, s)
+	return nil
 }
 
-// finish answers, on Close, every subscription still waiting.
-func (b *Broker) finish(pending []*subscription, ops ...op) {
+// unsubscribeNATS ends s's NATS subscription and tells the dispatcher to
+// forget it.
+func (w *worker) unsubscribeNATS(s *subscription) {
+	b := w.b
+	b.dropSlow(s.sub) // Dropped() is unavailable after Unsubscribe
+	if err := s.sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		b.log.Warn("pubsub: unsubscribe failed", "channel", s.pattern, "id", s.id, "err", err)
+	}
+	w.out = append(w.out, answer{s: s, forget: true, sub: s.sub})
+	s.sub = nil
+	b.natsSubs.Add(-1)
+}
+
+// drop forgets s in the subscriptions callers see, when it is answered with
+// an error: it does not exist any more (see Channels).
+func (w *worker) drop(s *subscription) {
+	b := w.b
+	b.mu.Lock()
+	if b.subs[s.id] == s {
+		delete(b.subs, s.id)
+	}
+	b.mu.Unlock()
+}
+
+// join makes s a member of g (see wide.go for the Live argument).
+func (w *worker) join(g *wideGroup, s *subscription) {
+	b := w.b
+	s.wide = g
+	c := g.carrier
+	if c != nil && g.refused != nil && g.refusedEpoch == b.epoch.Load() {
+		// Refused on this very connection: a later one is judged again
+		// (a round trip on it clears or renews the refusal).
+		s.state = stateGone
+		w.drop(s)
+		w.out = append(w.out, answer{s: s, err: fmt.Errorf("pubsub: subscribe to %s (under wide pattern %s): %w: %w",
+			s.pattern, g.pattern, errForbidden, g.refused)})
+		return
+	}
+	if c == nil {
+		c = &subscription{pattern: g.pattern, carrier: true, wide: g}
+		if err := w.subscribeNATS(c); err != nil {
+			if !errors.Is(err, ErrClosed) {
+				err = fmt.Errorf("pubsub: subscribe to %s (under wide pattern %s): %w", s.pattern, g.pattern, err)
+			}
+			s.state = stateGone
+			w.drop(s)
+			w.out = append(w.out, answer{s: s, err: err})
+			return
+		}
+		g.carrier = c
+		w.pending = append(w.pending, c)
+	}
+	g.members++
+	switch {
+	case c.state == stateMade:
+		// Answered with the carrier's round trip.
+		s.state = stateMade
+		g.waiting = append(g.waiting, s)
+	case w.proven && w.provenEpoch == b.epoch.Load() && b.Connected():
+		// The server has W on this connection: no round trip needed.
+		s.state = stateAnswered
+		w.out = append(w.out, answer{s: s})
+	default:
+		// A disconnect or reconnect since the last round trip: the next
+		// one, asked for after the reconnect, proves W in place.
+		s.state = stateMade
+		w.pending = append(w.pending, s)
+	}
+}
+
+// unsubscribe performs Unsubscribe for s.
+func (w *worker) unsubscribe(s *subscription) {
+	switch {
+	case s.wide != nil: // a member: carriers are never in ops
+		if s.state == stateGone {
+			return // refused: its answer is already out
+		}
+		if s.state == stateMade {
+			w.out = append(w.out, answer{s: s, err: ErrUnsubscribed})
+		} else {
+			w.out = append(w.out, answer{s: s, forget: true}) // leave the routing
+		}
+		s.state = stateGone
+		g := s.wide
+		g.members--
+		if g.members == 0 {
+			w.release(g)
+		}
+	case s.sub == nil:
+		// Never made: its answer is already out.
+	default:
+		w.unsubscribeNATS(s)
+		if s.state == stateMade {
+			s.state = stateAnswered
+			w.out = append(w.out, answer{s: s, err: ErrUnsubscribed})
+		}
+	}
+}
+
+// release ends g's NATS subscription once its last member has left.
+func (w *worker) release(g *wideGroup) {
+	c := g.carrier
+	if c == nil {
+		return
+	}
+	g.carrier, g.waiting, g.refused = nil, nil, nil
+	w.unsubscribeNATS(c)
+	c.state = stateGone
+}
+
+// confirm answers the subscriptions of the round trip that just succeeded:
+// Live for each, unless the server refused its SUB before the PONG
+// (forbidden, by subject; see perm.go).
+func (w *worker) confirm(forbidden map[string]error) {
+	w.proven, w.provenEpoch = true, w.tripEpoch
+	for subject, err := range w.carried {
+		if _, ok := forbidden[subject]; !ok {
+			if forbidden == nil {
+				forbidden = make(map[string]error)
+			}
+			forbidden[subject] = err
+		}
+	}
+	w.carried = nil
+	var matched map[string]bool
+	for _, s := range w.inflight {
+		if s.state != stateMade {
+			continue
+		}
+		subject := s.pattern // what nats.go sent the SUB for
+		if s.wide != nil && !s.carrier {
+			subject = s.wide.pattern // a member proving its live carrier
+		}
+		if err, ok := forbidden[subject]; ok {
+			if matched == nil {
+				matched = make(map[string]bool)
+			}
+			matched[subject] = true
+			w.refuse(s, err)
+			continue
+		}
+		w.live(s)
+	}
+	for subject, err := range forbidden {
+		if w.pendingOn(subject) {
+			// Its SUB went out after the PING: the next round trip's.
+			if w.carried == nil {
+				w.carried = make(map[string]error)
+			}
+			w.carried[subject] = err
+		} else if !matched[subject] {
+			w.b.lateViolation(subject, err)
+			w.refuseGroup(subject, err)
+		}
+	}
+	// A round trip asked for on a later connection than a group's refusal
+	// came back without it: nats.go re-sent the SUB and the server took it.
+	for _, g := range w.b.wide {
+		if g.refused != nil && g.refusedEpoch < w.tripEpoch {
+			if _, again := forbidden[g.pattern]; !again {
+				g.refused = nil
+			}
+		}
+	}
+}
+
+// refuseGroup remembers a late refusal of a live carrier's SUB (see
+// wideGroup.refused).
+func (w *worker) refuseGroup(subject string, err error) {
+	for _, g := range w.b.wide {
+		if c := g.carrier; c != nil && c.state == stateAnswered && g.pattern == subject {
+			g.refused, g.refusedEpoch = err, w.tripEpoch
+		}
+	}
+}
+
+// live answers s, made before the round trip that just succeeded.
+func (w *worker) live(s *subscription) {
+	s.state = stateAnswered
+	if !s.carrier {
+		w.out = append(w.out, answer{s: s})
+		return
+	}
+	g := s.wide
+	for _, m := range g.waiting {
+		if m.state == stateMade {
+			m.state = stateAnswered
+			w.out = append(w.out, answer{s: m})
+		}
+	}
+	g.waiting = nil
+}
+
+// pendingOn reports whether a subscription waiting for the next round trip
+// made a SUB for subject.
+func (w *worker) pendingOn(subject string) bool {
+	for _, s := range w.pending {
+		if s.state == stateMade && (s.wide == nil || s.carrier) && s.pattern == subject {
+			return true
+		}
+	}
+	return false
+}
+
+// finish answers, on Close, every subscription still waiting, and the
+// subscribe calls not performed (ops and the queue).
+func (w *worker) finish(ops ...op) {
+	b := w.b
 	b.mu.Lock()
 	ops = append(ops, b.queue...)
 	b.queue = nil
 	b.mu.Unlock()
-	var out []answer
-	for _, s := range pending {
-		if s.state == stateMade {
+	for _, s := range append(w.inflight, w.pending...) {
+		switch {
+		case s.state != stateMade:
+		case s.carrier:
+			for _, m := range s.wide.waiting {
+				if m.state == stateMade {
+					m.state = stateAnswered
+					w.out = append(w.out, answer{s: m, err: ErrClosed})
+				}
+			}
+			s.wide.waiting = nil
+		default:
 			s.state = stateAnswered
-			out = append(out, answer{s: s, err: ErrClosed})
+			w.out = append(w.out, answer{s: s, err: ErrClosed})
 		}
 	}
 	for _, o := range ops {
@@ -367,10 +642,10 @@ func (b *Broker) finish(pending []*subscription, ops ...op) {
 			if err == nil {
 				err = ErrClosed
 			}
-			out = append(out, answer{s: o.s, err: err})
+			w.out = append(w.out, answer{s: o.s, err: err})
 		}
 	}
-	b.answer(out)
+	w.flush()
 }
 
 // answer hands a batch of answers to the dispatcher: one marker in b.msgs,
@@ -429,12 +704,13 @@ func (b *Broker) dispatch() {
 		}
 		last = m
 		s := d.lookup(m.Sub)
-		if !d.accept(s, m) {
+		ids := d.take(s, m, d.ids[:0])
+		if len(ids) == 0 {
+			d.ids = ids
 			continue
 		}
 		d.group++
 		s.group = d.group
-		ids := append(d.ids[:0], s.id)
 	gather:
 		for {
 			select {
@@ -450,9 +726,9 @@ func (b *Broker) dispatch() {
 					next = c
 					break gather
 				}
-				if d.accept(cs, c) {
+				n := len(ids)
+				if ids = d.take(cs, c, ids); len(ids) > n {
 					cs.group = d.group
-					ids = append(ids, cs.id)
 				}
 			default:
 				break gather
@@ -465,6 +741,20 @@ func (b *Broker) dispatch() {
 		b.messagesIn.Add(uint64(len(ids)))
 		b.handler.Message(m.Subject, m.Data, ids)
 	}
+}
+
+// take appends the ids copy m, which arrived through s, is delivered to:
+// the subscription's own id when it is live (see Handler.Live), or for a
+// wide group's carrier the live members whose patterns match the subject.
+func (d *dispatcher) take(s *subscription, m *nats.Msg, ids []uint64) []uint64 {
+	switch {
+	case s == nil:
+	case s.carrier:
+		ids = s.wide.route(m.Subject, ids)
+	case s.live && !s.cancelled.Load():
+		ids = append(ids, s.id)
+	}
+	return ids
 }
 
 // carryOver delivers the copies of last that wait in the channel, each in
@@ -486,10 +776,10 @@ func (d *dispatcher) carryOver(last *nats.Msg) *nats.Msg {
 		if cs != nil && cs.group == d.group {
 			return c // a second copy through one subscription is a second publish
 		}
-		if d.accept(cs, c) && !b.quit.Load() {
+		d.ids = d.take(cs, c, d.ids[:0])
+		if len(d.ids) > 0 && !b.quit.Load() {
 			cs.group = d.group
-			d.ids = append(d.ids[:0], cs.id)
-			b.messagesIn.Add(1)
+			b.messagesIn.Add(uint64(len(d.ids)))
 			b.handler.Message(c.Subject, c.Data, d.ids)
 		}
 	}
@@ -501,12 +791,6 @@ func (d *dispatcher) carryOver(last *nats.Msg) *nats.Msg {
 func sameMessage(m, c *nats.Msg) bool {
 	return m.Subject == c.Subject && m.Reply == c.Reply && bytes.Equal(m.Data, c.Data) &&
 		maps.EqualFunc(m.Header, c.Header, slices.Equal[[]string])
-}
-
-// accept reports whether copy m of subscription s is to be delivered:
-// only copies of a live subscription are (see Handler.Live).
-func (d *dispatcher) accept(s *subscription, m *nats.Msg) bool {
-	return s != nil && s.live && !s.cancelled.Load()
 }
 
 // lookup finds the subscription a message arrived through.
@@ -555,11 +839,19 @@ func (d *dispatcher) answers() bool {
 	b.ctlMu.Unlock()
 	for _, a := range batch {
 		s := a.s
-		if a.forget {
+		switch {
+		case a.forget && a.sub != nil:
 			delete(d.subs, a.sub)
 			b.regMu.Lock()
 			delete(b.registered, a.sub)
 			b.regMu.Unlock()
+			continue
+		case a.forget:
+			// A member left its group.
+			if s.live {
+				s.live = false
+				s.wide.remove(s)
+			}
 			continue
 		}
 		err := a.err
@@ -569,8 +861,13 @@ func (d *dispatcher) answers() bool {
 		if b.quit.Load() {
 			return false
 		}
-		b.handler.Live(s.id, err)
+		// A member joins the routing here, in stream order: every message
+		// taken after this answer reaches it (see wide.go).
 		s.live = err == nil
+		if s.live && s.wide != nil {
+			s.wide.add(s)
+		}
+		b.handler.Live(s.id, err)
 	}
 	return true
 }

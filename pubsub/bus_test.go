@@ -144,63 +144,116 @@ func TestLiveOrdering(t *testing.T) {
 
 // TestLiveOrderingUnderLoad subscribes one at a time to a subject that is
 // being published to without pause: for every subscription, nothing comes
-// under its id before its Live, and what comes after is in publish order.
+// under its id before its Live, and from the first message on it receives
+// every message once, in publish order, through to the last. The same for
+// members of wide groups (literal and wildcard patterns, joining a group
+// whose NATS subscription is live), and for members and ordinary
+// subscriptions mixed.
 func TestLiveOrderingUnderLoad(t *testing.T) {
-	rec := newRecorder()
-	b, _ := startEmbeddedBroker(t, rec)
-	pub := connect(t, b.ClientURL())
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
+	tests := []struct {
+		name    string
+		wide    []string
+		pattern func(i int) string
+	}{
+		{"ordinary", nil, func(int) string { return "hot.x" }},
+		{"literal members", []string{"hot.*"}, func(int) string { return "hot.x" }},
+		{"wildcard members", []string{"hot.>"}, func(int) string { return "hot.*" }},
+		{"members and ordinary", []string{"hot.*"}, func(i int) string {
+			if i%2 == 0 {
+				return "hot.x"
 			}
-			_ = pub.Publish("hot", []byte(strconv.Itoa(i)))
-			if i%20 == 0 {
-				// A steady stream, not a flood the race-detected client
-				// cannot keep up with.
-				_ = pub.FlushTimeout(waitTimeout)
-				time.Sleep(time.Millisecond)
-			}
-		}
-	})
-	const first, n = 10, 30
-	for id := uint64(first); id < first+n; id++ {
-		b.Subscribe(id, "hot")
-		rec.mustLive(t, id)
-		// Subscribe the next one while messages are flowing.
-		seen := len(rec.history())
-		rec.wait(t, "messages to flow", func(events []event) bool { return len(events) >= seen+5 })
+			return "hot.>"
+		}},
 	}
-	close(stop)
-	wg.Wait()
-	mustFlush(t, b)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := newRecorder()
+			b, _ := startBroker(t, Config{Listen: "127.0.0.1:-1", Handler: rec, Wide: tt.wide})
+			pub := connect(t, b.ClientURL())
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			var published atomic.Int64 // the last sequence number sent
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if pub.Publish("hot.x", []byte(strconv.Itoa(i))) == nil {
+						published.Store(int64(i))
+					}
+					if i%20 == 0 {
+						// A steady stream, not a flood the race-detected
+						// client cannot keep up with.
+						_ = pub.FlushTimeout(waitTimeout)
+						time.Sleep(time.Millisecond)
+					}
+				}
+			})
+			const first, n = 10, 30
+			for i := range n {
+				id := uint64(first + i)
+				b.Subscribe(id, tt.pattern(i))
+				rec.mustLive(t, id)
+				// Subscribe the next one while messages are flowing.
+				seen := len(rec.history())
+				rec.wait(t, "messages to flow", func(events []event) bool { return len(events) >= seen+5 })
+			}
+			close(stop)
+			wg.Wait()
+			if err := pub.FlushTimeout(waitTimeout); err != nil {
+				t.Fatal(err)
+			}
+			mustFlush(t, b) // the server sent everything to the broker before this PONG
+			last := int(published.Load())
+			if b.Stats().Dropped == 0 {
+				rec.wait(t, "the last message under every id", func(events []event) bool {
+					got := 0
+					for _, e := range events {
+						if !e.live && e.msg.data == strconv.Itoa(last) {
+							got += len(e.msg.ids)
+						}
+					}
+					return got == n
+				})
+			}
 
-	h := rec.history()
-	isLive := map[uint64]bool{}
-	last := map[uint64]int{}
-	copies := 0
-	for _, e := range h {
-		if e.live {
-			isLive[e.id] = true
-			continue
-		}
-		seq, _ := strconv.Atoi(e.msg.data)
-		for _, id := range e.msg.ids {
-			copies++
-			if !isLive[id] {
-				t.Fatalf("message %s under %d before its Live", e.msg.data, id)
+			h := rec.history()
+			isLive := map[uint64]bool{}
+			prev := map[uint64]int{}
+			copies := 0
+			for _, e := range h {
+				if e.live {
+					isLive[e.id] = true
+					continue
+				}
+				seq, _ := strconv.Atoi(e.msg.data)
+				for _, id := range e.msg.ids {
+					copies++
+					if !isLive[id] {
+						t.Fatalf("message %s under %d before its Live", e.msg.data, id)
+					}
+					p, ok := prev[id]
+					switch {
+					case ok && seq <= p:
+						t.Fatalf("subscription %d: message %d after %d", id, seq, p)
+					case ok && seq != p+1 && b.Stats().Dropped == 0:
+						t.Fatalf("subscription %d: message %d after %d, none dropped: missed %d", id, seq, p, seq-p-1)
+					}
+					prev[id] = seq
+				}
 			}
-			if prev, ok := last[id]; ok && seq <= prev {
-				t.Fatalf("subscription %d: message %d after %d", id, seq, prev)
+			if b.Stats().Dropped == 0 {
+				for i := range n {
+					if id := uint64(first + i); prev[id] != last {
+						t.Errorf("subscription %d: last message %d, want %d", id, prev[id], last)
+					}
+				}
 			}
-			last[id] = seq
-		}
+			t.Logf("%d copies checked, last message %d; %d dropped; %d NATS subscriptions", copies, last, b.Stats().Dropped, b.NATSSubscriptions())
+		})
 	}
-	t.Logf("%d copies checked; %d dropped", copies, b.Stats().Dropped)
 }
 
 // TestGrouping: copies of one message NATS sent for overlapping

@@ -20,9 +20,36 @@ import (
 // guarded by Broker.dropMu.
 type dropState struct {
 	pattern  string
-	dropped  int       // sub.Dropped() at the last sweep
-	unlogged int       // drops not yet reported in a log line
-	lastLog  time.Time // last drop warning for this subscription
+	dropped  int // sub.Dropped() at the last sweep
+	logLimit     // the drops not yet reported
+}
+
+// logLimit is the rate limit of pubsub's repeated warnings: at most one
+// line per interval, which reports how many events it stands for. Events
+// held back are reported by the next line, which the drop sweep writes once
+// it is due if no new event does. Guarded by Broker.dropMu.
+type logLimit struct {
+	unlogged int       // events not yet reported in a log line
+	lastLog  time.Time // the last line
+}
+
+// due reports whether a line for the unlogged events is due at now and, if
+// so, how many it reports (and counts them as reported).
+func (l *logLimit) due(now time.Time, interval time.Duration) (int, bool) {
+	if l.unlogged == 0 || (!l.lastLog.IsZero() && now.Sub(l.lastLog) < interval) {
+		return 0, false
+	}
+	n := l.unlogged
+	l.unlogged = 0
+	l.lastLog = now
+	return n, true
+}
+
+// limitedLog is a rate-limited warning that is not about one subscription
+// (see Broker.limitedWarn).
+type limitedLog struct {
+	logLimit
+	msg string // the warning, for the sweep's line about held-back events
 }
 
 // dropReport is one pending "messages dropped" warning, logged after
@@ -94,8 +121,17 @@ func (b *Broker) sweepOnce(now time.Time) {
 		}
 		reports = b.dueReport(st, now, reports)
 	}
+	var held []limitedLog
+	for _, l := range []*limitedLog{&b.pubRefusals, &b.lateRefusals} {
+		if n, due := l.due(now, dropLogInterval); due {
+			held = append(held, limitedLog{logLimit: logLimit{unlogged: n}, msg: l.msg})
+		}
+	}
 	b.dropMu.Unlock()
 	b.logDrops(reports)
+	for _, l := range held {
+		b.log.Warn(l.msg, "count", l.unlogged, "held_back", true)
+	}
 }
 
 // collectDrops adds the drops of sub since the last call to Stats.Dropped
@@ -115,12 +151,9 @@ func (b *Broker) collectDrops(sub *nats.Subscription, st *dropState) int {
 // dueReport appends a warning for st if it has unreported drops and its rate
 // limit allows one now. b.dropMu must be held.
 func (b *Broker) dueReport(st *dropState, now time.Time, reports []dropReport) []dropReport {
-	if st.unlogged == 0 || (!st.lastLog.IsZero() && now.Sub(st.lastLog) < dropLogInterval) {
-		return reports
+	if n, due := st.due(now, dropLogInterval); due {
+		reports = append(reports, dropReport{pattern: st.pattern, dropped: n})
 	}
-	reports = append(reports, dropReport{pattern: st.pattern, dropped: st.unlogged})
-	st.unlogged = 0
-	st.lastLog = now
 	return reports
 }
 

@@ -29,7 +29,8 @@ func (c *liveCounter) Live(_ uint64, err error) {
 // What one NATS subscription costs the process that holds it, the floor
 // under a personal channel's memory in Herald: measured with 19,000
 // distinct subjects (one per connection of the idle benchmark), for the
-// whole Broker on its embedded server, and for bare nats.go ChanSubscribe
+// whole Broker on its embedded server, for the same subscriptions as
+// members of one wide pattern (Config.Wide), and for bare nats.go ChanSubscribe
 // calls into an embedded server: NATS's own cost (client and server), with
 // nothing of Herald's.
 //
@@ -63,6 +64,12 @@ func BenchmarkSubscriptionMemory(b *testing.B) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			b.ReportMetric(float64(heap()-before)/n, "heap-B/sub")
+		}
+	})
+	// The same 19,000 personal channels as members of one wide pattern.
+	b.Run("broker-wide", func(b *testing.B) {
+		for range b.N {
+			b.ReportMetric(memberHeap(b, n, heap), "heap-B/sub")
 		}
 	})
 	b.Run("nats.go+server", func(b *testing.B) {
@@ -110,4 +117,64 @@ func chanSubscribeCost(b *testing.B, n int, heap func() uint64, url string, opts
 	after := heap()
 	runtime.KeepAlive(ch)
 	return float64(after-before) / float64(n)
+}
+
+// waitLives waits until lives has counted n subscriptions live.
+func waitLives(tb testing.TB, lives *liveCounter, n int64) {
+	tb.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for lives.n.Load() < n {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d subscriptions live", lives.n.Load(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// memberHeap is the heap one of n members of a wide group adds to a
+// Broker: an entry in the id map, one in the group's routing, and the
+// subscription struct with its pattern; one NATS subscription for them all.
+func memberHeap(tb testing.TB, n int, heap func() uint64) float64 {
+	var lives liveCounter
+	br, err := Start(Config{Listen: "127.0.0.1:-1", Handler: &lives, Wide: []string{"user.*"},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer br.Close()
+	// One member first, so that the group's NATS subscription is not
+	// counted against the members.
+	br.Subscribe(1, "user.first")
+	waitLives(tb, &lives, 1)
+	before := heap()
+	for i := range n {
+		br.Subscribe(uint64(i+2), "user."+strconv.Itoa(i))
+	}
+	waitLives(tb, &lives, int64(n+1))
+	if got := br.NATSSubscriptions(); got != 1 {
+		tb.Fatalf("NATSSubscriptions() = %d, want 1", got)
+	}
+	after := heap()
+	runtime.KeepAlive(br)
+	return float64(after-before) / float64(n)
+}
+
+// TestMemberMemory keeps a member of a wide group small: a fraction of one
+// NATS subscription (about 1.2 KB with the server's share, see
+// BenchmarkSubscriptionMemory). Heap figures vary with map growth, so the
+// bound is loose; the benchmark reports the figure.
+func TestMemberMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures 19,000 members")
+	}
+	got := memberHeap(t, 19_000, func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	})
+	t.Logf("%.0f heap bytes per member", got)
+	if got > 400 {
+		t.Errorf("a member costs %.0f heap bytes, want under 400", got)
+	}
 }

@@ -4,19 +4,23 @@
 // subscription is in place, reach one Handler as one ordered stream.
 //
 // Channels are NATS subjects. The engine names each subscription with its own
-// id (Broker.Subscribe, Broker.Unsubscribe); pubsub never shares one NATS
-// subscription between two ids, so overlapping or repeated patterns are
-// distinct subscriptions and NATS sends a copy of a message for each of
-// them. Copies that arrive together are grouped into one Handler.Message
-// call listing every id; copies NATS spread out come as separate calls.
+// id (Broker.Subscribe, Broker.Unsubscribe); outside the wide patterns pubsub
+// never shares one NATS subscription between two ids, so overlapping or
+// repeated patterns are distinct subscriptions and NATS sends a copy of a
+// message for each of them. Copies that arrive together are grouped into one
+// Handler.Message call listing every id; copies NATS spread out come as
+// separate calls. Under a wide pattern (Config.Wide) the subscriptions share
+// one NATS subscription, and the dispatcher lists every id whose pattern
+// matches the subject (see wide.go).
 //
 // A fixed set of goroutines does the work however many subscriptions exist:
 // nats.go's read loop pushes every message into one shared Go channel
 // (ChanSubscribe), one dispatcher goroutine reads it and calls the Handler,
 // one worker goroutine makes every nats.go subscribe and unsubscribe call,
-// and one round-tripper waits for the server's PONG after each batch of
-// them. Callers (event loops) never wait on nats.go, which can hold its
-// connection lock for seconds while it dials during a reconnect.
+// one round-tripper waits for the server's PONG after each batch of them,
+// and one publisher makes the nats.go calls of PublishAsync. Callers (event
+// loops) never wait on nats.go, which can hold its connection lock for
+// seconds while it dials during a reconnect.
 package pubsub
 
 import (
@@ -41,6 +45,13 @@ const (
 	DefaultName          = "herald"
 	DefaultPendingMsgs   = 65536
 	DefaultReconnectWait = 250 * time.Millisecond
+	// DefaultPublishQueue and DefaultPublishQueueBytes match what nats.go
+	// itself holds while it reconnects (its reconnect buffer, 8 MiB, is
+	// 8,192 messages of 1 KiB): a longer queue would only delay the
+	// refusal nats.go gives once that is full, and the client whose
+	// publish is refused early can be told at once.
+	DefaultPublishQueue      = 8192
+	DefaultPublishQueueBytes = nats.DefaultReconnectBufSize
 )
 
 const (
@@ -108,6 +119,44 @@ type Config struct {
 	// Logger receives pubsub's and the embedded server's logs. nil =
 	// slog.Default().
 	Logger *slog.Logger
+	// Wide are NATS subject patterns (wildcards allowed) under which the
+	// Broker makes one NATS subscription per pattern instead of one per
+	// Subscribe, and routes the messages to the subscriptions itself. A
+	// Subscribe whose pattern a wide pattern covers (channel.Covers: every
+	// subject it matches, the wide one matches too; the first such pattern
+	// in this order) makes no NATS subscription of its own: it becomes a
+	// member of the wide pattern's group, at the cost of a map entry and a
+	// small struct instead of about 1.2 KB of NATS subscription (server and
+	// client). Other patterns work as without Wide. The group's NATS
+	// subscription exists while the group has members.
+	//
+	// The trade-off: NATS sends every message under a wide pattern to this
+	// process, whether or not anyone here subscribed to its subject, so in
+	// a fleet of Herald instances each one receives the whole traffic under
+	// the pattern. Use it for personal or notification channels (user.*),
+	// many channels with few subscribers each and modest traffic, where the
+	// per-subscription cost dominates; not for busy subjects that most
+	// instances do not serve.
+	//
+	// Patterns must be valid (channel.Validate) and not reserved
+	// (channel.Reserved: first token starting with '$' or '_'), else Start
+	// fails. Overlapping wide patterns are allowed: each subscription joins
+	// only the first that covers it, so a message under both arrives twice
+	// (once per wide subscription) but reaches each member once; a wide
+	// pattern covered by an earlier one never gets members (list narrow ones
+	// first). NATS permissions apply to the wide pattern, not to each
+	// member's pattern: what a client may subscribe to under it is
+	// Herald's own check.
+	Wide []string
+	// PublishQueue is how many PublishAsync messages may wait for the
+	// publisher goroutine (queued or being handed to nats.go); past it
+	// PublishAsync returns ErrPublishQueueFull. 0 = DefaultPublishQueue;
+	// negative is an error.
+	PublishQueue int
+	// PublishQueueBytes bounds the same messages by their subject, header
+	// and data bytes; past it PublishAsync returns ErrPublishQueueFull.
+	// 0 = DefaultPublishQueueBytes; negative is an error.
+	PublishQueueBytes int
 }
 
 // Broker is Herald's connection to NATS plus its subscriptions. All methods
@@ -121,6 +170,38 @@ type Broker struct {
 
 	nc *nats.Conn
 	ns *server.Server // nil when using an external server
+
+	// wide are the groups of Config.Wide, in order (see wide.go).
+	wide []*wideGroup
+	// natsSubs counts the NATS subscriptions the worker holds.
+	natsSubs atomic.Int64
+	// epoch counts the connection callbacks that lose or replace the
+	// connection (disconnect, reconnect): a round trip proves the
+	// subscriptions in place only on the connection it was made on (see
+	// worker.join).
+	epoch atomic.Uint64
+
+	// Permission violations nats.go reported (see perm.go): permSeen is the
+	// last one the async error callback saw, violations the subscription
+	// ones not yet taken by a round trip, by subject. permSignal (capacity
+	// 1) says permSeen changed.
+	permMu     sync.Mutex
+	permSeen   error
+	violations map[string]error
+	permSignal chan struct{}
+	// Rate-limited warnings (guarded by dropMu, like the drop warnings).
+	pubRefusals, lateRefusals limitedLog
+
+	// The PublishAsync queue (see async.go).
+	pubMu       sync.Mutex
+	pubQueue    []pubReq
+	pubCount    int // accepted and not yet answered (queued or being published)
+	pubBytes    int // their bytes
+	pubClosed   bool
+	pubMax      int
+	pubMaxBytes int
+	pubWake     chan struct{} // capacity 1: the publisher has something to do
+	pubDone     chan struct{} // closed when the publisher has answered everything
 
 	// msgs is the one channel every subscription delivers into (nats.go's
 	// read loop sends without blocking), and the worker's answer markers
@@ -171,11 +252,14 @@ type Broker struct {
 	// answers to the dispatcher (tests widen the gap between the round trip
 	// and Live with it).
 	testHookAnswer atomic.Pointer[func([]answer)]
+	// testHookTrip, if set, runs on the round-tripper before each round
+	// trip (tests hold round trips with it).
+	testHookTrip atomic.Pointer[func()]
 
 	// The worker asks the round-tripper for a round trip on tripStart
 	// (capacity 1) and hears the outcome on tripDone.
 	tripStart chan struct{}
-	tripDone  chan error
+	tripDone  chan tripResult
 
 	closing      atomic.Bool // set first thing in Close: silences disconnect logs
 	closeOnce    sync.Once
@@ -211,6 +295,16 @@ func Start(cfg Config) (*Broker, error) {
 	if cfg.PendingMsgs < 0 {
 		return nil, fmt.Errorf("pubsub: Config.PendingMsgs is %d: it must not be negative", cfg.PendingMsgs)
 	}
+	if cfg.PublishQueue < 0 {
+		return nil, fmt.Errorf("pubsub: Config.PublishQueue is %d: it must not be negative", cfg.PublishQueue)
+	}
+	if cfg.PublishQueueBytes < 0 {
+		return nil, fmt.Errorf("pubsub: Config.PublishQueueBytes is %d: it must not be negative", cfg.PublishQueueBytes)
+	}
+	wide, err := newWideGroups(cfg.Wide)
+	if err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -229,8 +323,14 @@ func Start(cfg Config) (*Broker, error) {
 		log:          log,
 		subs:         make(map[uint64]*subscription),
 		wake:         make(chan struct{}, 1),
+		wide:         wide,
+		permSignal:   make(chan struct{}, 1),
+		pubMax:       orDefault(cfg.PublishQueue, DefaultPublishQueue),
+		pubMaxBytes:  orDefault(cfg.PublishQueueBytes, DefaultPublishQueueBytes),
+		pubWake:      make(chan struct{}, 1),
+		pubDone:      make(chan struct{}),
 		tripStart:    make(chan struct{}, 1),
-		tripDone:     make(chan error),
+		tripDone:     make(chan tripResult),
 		registered:   make(map[*nats.Subscription]*subscription),
 		slow:         make(map[*nats.Subscription]*dropState),
 		stop:         make(chan struct{}),
@@ -299,6 +399,7 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	b.upMu.Unlock()
 	go b.sweepDrops()
+	go b.publish()
 	go b.work()
 	go b.roundTrips()
 	go b.dispatch()
@@ -369,11 +470,12 @@ func redactURLs(urls string) string {
 // Close ends every subscription and closes the connection: it makes one
 // round trip (when connected) so that what the server sent before reaches
 // the Handler, closes the NATS connection, answers every subscription still
-// waiting for its Live with Live(id, ErrClosed), lets the Handler take what
-// was already received, and shuts the embedded server down.
+// waiting for its Live with Live(id, ErrClosed) and every PublishAsync
+// message not yet handed to nats.go with done(ErrClosed), lets the Handler
+// take what was already received, and shuts the embedded server down.
 //
 // Subscribe and Unsubscribe calls made once Close has begun do nothing and
-// get no answer. The Handler may run while Close is in progress; once Close
+// get no answer; PublishAsync returns ErrClosed. The Handler may run while Close is in progress; once Close
 // returns no new call starts. Close waits about closeTimeout (2s) at most
 // for the worker and the Handler: a Handler stuck for longer may still be
 // finishing its call, and the answers a worker stuck inside nats.go did not
@@ -386,6 +488,9 @@ func (b *Broker) Close() {
 		b.closed = true
 		clear(b.subs)
 		b.mu.Unlock()
+		b.pubMu.Lock()
+		b.pubClosed = true
+		b.pubMu.Unlock()
 		close(b.stop)
 		<-b.sweeperDone
 
@@ -410,6 +515,9 @@ func (b *Broker) Close() {
 
 		if !waitUntil(b.workerDone, deadline) {
 			b.log.Warn("pubsub: close: the subscription worker is stuck in nats.go; not waiting for it", "timeout", closeTimeout)
+		}
+		if !waitUntil(b.pubDone, deadline) {
+			b.log.Warn("pubsub: close: the publisher is stuck (in nats.go or a done callback); not waiting for it", "timeout", closeTimeout)
 		}
 		stopped := false
 		t := time.NewTimer(time.Until(deadline))
@@ -505,12 +613,14 @@ func (b *Broker) setUp(up bool) {
 }
 
 func (b *Broker) onConnect(nc *nats.Conn) {
+	b.forgetViolations()
 	b.setUp(true)
 	b.kick() // subscriptions made before the first connection can go live
 	b.log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
 }
 
 func (b *Broker) onDisconnect(nc *nats.Conn, err error) {
+	b.epoch.Add(1)
 	b.setUp(false)
 	if b.closing.Load() {
 		return // our own Close
@@ -520,6 +630,8 @@ func (b *Broker) onDisconnect(nc *nats.Conn, err error) {
 }
 
 func (b *Broker) onReconnect(nc *nats.Conn) {
+	b.epoch.Add(1)
+	b.forgetViolations()
 	b.setUp(true)
 	b.kick() // retry the round trip of subscriptions made while down
 	b.reconnects.Add(1)
@@ -533,6 +645,10 @@ func (b *Broker) onReconnectErr(nc *nats.Conn, err error) {
 func (b *Broker) onAsyncError(nc *nats.Conn, sub *nats.Subscription, err error) {
 	if errors.Is(err, nats.ErrSlowConsumer) && sub != nil {
 		b.noteSlow(sub)
+		return
+	}
+	if errors.Is(err, nats.ErrPermissionViolation) {
+		b.notePermission(err)
 		return
 	}
 	var subject string

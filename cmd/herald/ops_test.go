@@ -347,6 +347,14 @@ func TestReadyzFollowsNATSAndDrain(t *testing.T) {
 // once it listens.
 func startHeraldProcess(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Helper()
+	cmd, addr, _ := startHeraldProcessNATS(t, args...)
+	return cmd, addr
+}
+
+// startHeraldProcessNATS is startHeraldProcess that also returns the URL
+// of the process's NATS server, from its first line.
+func startHeraldProcessNATS(t *testing.T, args ...string) (*exec.Cmd, string, string) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -371,7 +379,8 @@ func startHeraldProcess(t *testing.T, args ...string) (*exec.Cmd, string) {
 		t.Fatalf("herald did not start: %q %v", line, err)
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	return cmd, addr
+	_, natsURL, _ := strings.Cut(strings.TrimSpace(line), "publish to NATS at ")
+	return cmd, addr, natsURL
 }
 
 // waitExit waits for the process and returns its exit code.

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,6 +59,7 @@ second signal exits at once.`, stderr)
 	loops := fs.Int("loops", 0, "event loops (threads serving sockets); 0 means one per CPU")
 	natsURL := fs.String("nats", "", "`URL` of an existing NATS server or cluster (comma-separated) to join instead of running an embedded one")
 	natsListen := fs.String("nats-listen", pubsub.DefaultListen, "`address` the embedded NATS server listens on for publishers (ignored with --nats)")
+	natsWide := fs.String("nats-wide", "", "comma-separated NATS `patterns`, e.g. user.*: one NATS subscription per pattern instead of one per channel under it, for cheap personal channels;\nNATS then sends this Herald every message under them, listened to here or not, so use them for many small channels, not busy subjects")
 	noWildcards := fs.Bool("no-wildcards", false, "refuse wildcard channels (prices.*, game.>)")
 	noDemo := fs.Bool("no-demo", false, "do not serve the demo pages at / (see herald demo) and /chat")
 	maxChannels := fs.Int("max-channels", push.DefaultMaxChannels, "most channels one connection may subscribe to")
@@ -120,6 +122,7 @@ second signal exits at once.`, stderr)
 		Auth:       authCfg,
 		NATS:       *natsURL,
 		NATSListen: *natsListen,
+		NATSWide:   splitList(*natsWide),
 	})
 	if err != nil {
 		return err
@@ -165,6 +168,7 @@ type heraldConfig struct {
 	Auth       *auth.Config  // how client tokens are verified; nil for none
 	NATS       string        // external NATS URL; "" runs an embedded server
 	NATSListen string        // the embedded server's address
+	NATSWide   []string      // pubsub.Config.Wide
 }
 
 // herald is a running server: the engine, the push protocol on it, and
@@ -195,6 +199,7 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 	broker, err := pubsub.Start(pubsub.Config{
 		URL:     cfg.NATS,
 		Listen:  cfg.NATSListen,
+		Wide:    cfg.NATSWide,
 		Handler: h,
 		Logger:  cfg.Engine.Logger,
 	})
@@ -237,6 +242,18 @@ func (h *herald) Message(subject string, data []byte, subs []uint64) {
 	h.hub.Message(subject, data, subs)
 }
 func (h *herald) Live(id uint64, err error) { h.hub.Live(id, err) }
+
+// splitList reads a comma-separated flag: the items trimmed, empty ones
+// left out (pubsub validates what they say).
+func splitList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
 
 // mergeHandlers returns the handlers of both maps; extra wins on a clash.
 func mergeHandlers(base, extra map[string]engine.HTTPHandler) map[string]engine.HTTPHandler {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/herald-ws/herald/codec/channel"
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push"
@@ -168,6 +169,13 @@ func TestBusRefusalIsAnsweredInBand(t *testing.T) {
 	s.bus.Confirm("bad", errors.New("permissions violation"))
 	if f := read(t, conn); f.Op != "error" || f.Code != "unavailable" || string(f.ID) != "3" {
 		t.Fatalf("got %+v, want an unavailable error for id 3", f)
+	}
+	// NATS's own permissions refusing it keep their code.
+	send(t, conn, `{"op":"subscribe","channel":"bad","id":5}`)
+	waitFor(t, 5*time.Second, "the third subscription", func() bool { return len(s.bus.Waiting()) == 1 })
+	s.bus.Confirm("bad", fmt.Errorf("nats: %w", &channel.Error{Code: channel.CodeForbidden, Message: "permissions violation"}))
+	if f := read(t, conn); f.Op != "error" || f.Code != "forbidden" || string(f.ID) != "5" {
+		t.Fatalf("got %+v, want a forbidden error for id 5", f)
 	}
 	send(t, conn, `{"op":"ping","id":4}`)
 	if f := read(t, conn); f.Op != "pong" {

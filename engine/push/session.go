@@ -1,6 +1,7 @@
 package push
 
 import (
+	"errors"
 	"slices"
 	"strings"
 
@@ -231,7 +232,11 @@ func (l *loopState) answered(ch *hubChannel, err error) {
 			removeSub(c, findSub(c, t.pattern))
 		}
 		t.members = nil
-		err = &channel.Error{Code: channel.CodeUnavailable, Message: "cannot subscribe: " + err.Error()}
+		code := channel.CodeUnavailable
+		if ce := (*channel.Error)(nil); errors.As(err, &ce) && ce.Code == channel.CodeForbidden {
+			code = ce.Code // NATS's own permissions refused it
+		}
+		err = &channel.Error{Code: code, Message: "cannot subscribe: " + err.Error()}
 	}
 	for _, w := range waiters {
 		if w.upgrade {

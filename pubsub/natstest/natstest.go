@@ -50,10 +50,11 @@ type Server struct {
 	name string
 	out  *syncBuffer // stdout and stderr of every run, logged if the test fails
 
-	mu   sync.Mutex
-	port int           // fixed once the first run listens
-	cmd  *exec.Cmd     // nil while killed
-	done chan struct{} // closed once cmd has exited
+	mu     sync.Mutex
+	port   int           // fixed once the first run listens
+	config string        // path of the configuration file; "" for none
+	cmd    *exec.Cmd     // nil while killed
+	done   chan struct{} // closed once cmd has exited
 }
 
 // Start runs a nats-server on a free loopback port chosen by the server
@@ -70,11 +71,52 @@ func Start(t testing.TB) *Server {
 // (see FreePort).
 func StartOn(t testing.TB, port int) *Server {
 	t.Helper()
+	return start(t, port, "")
+}
+
+// StartConfig is Start with a nats-server configuration file of the given
+// contents (accounts, users and their permissions, limits...): the things
+// only a configuration file sets. The listen address, port and server name
+// stay natstest's (command-line flags win over the file).
+func StartConfig(t testing.TB, config string) *Server {
+	t.Helper()
+	return start(t, 0, writeConfig(t, config))
+}
+
+// SetConfig replaces the configuration file the next Restart starts with,
+// the way an operator changes a server's configuration: the running
+// process keeps the old one.
+func (s *Server) SetConfig(config string) {
+	s.t.Helper()
+	path := writeConfig(s.t, config)
+	s.mu.Lock()
+	s.config = path
+	s.mu.Unlock()
+}
+
+// writeConfig writes config to a new file in the test's temporary
+// directory and returns its path.
+func writeConfig(t testing.TB, config string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "nats-server-*.conf")
+	if err != nil {
+		t.Fatalf("natstest: write configuration: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(config); err != nil {
+		t.Fatalf("natstest: write configuration: %v", err)
+	}
+	return f.Name()
+}
+
+func start(t testing.TB, port int, config string) *Server {
+	t.Helper()
 	s := &Server{
-		t:    t,
-		name: fmt.Sprintf("natstest-%d-%d", os.Getpid(), serverSeq.Add(1)),
-		out:  &syncBuffer{},
-		port: port,
+		t:      t,
+		name:   fmt.Sprintf("natstest-%d-%d", os.Getpid(), serverSeq.Add(1)),
+		out:    &syncBuffer{},
+		port:   port,
+		config: config,
 	}
 	t.Cleanup(func() {
 		s.Kill()
@@ -125,6 +167,9 @@ func (s *Server) start() {
 	defer s.mu.Unlock()
 
 	args := []string{"--addr", "127.0.0.1", "--name", s.name}
+	if s.config != "" {
+		args = append(args, "--config", s.config)
+	}
 	portsDir := ""
 	if s.port == 0 {
 		// -1 is nats-server's "any free port" (0 means its default, 4222);

@@ -128,3 +128,37 @@ func TestFreePortIsFree(t *testing.T) {
 		t.Fatalf("dial the free port: %v, want connection refused", err)
 	}
 }
+
+// TestStartConfig: the configuration file is in force (a user is required),
+// and SetConfig takes effect at the next Restart only, on the same port.
+func TestStartConfig(t *testing.T) {
+	s := StartConfig(t, `authorization { users = [ { user: alice, password: one } ] }`)
+	host := strings.TrimPrefix(s.URL(), "nats://")
+	tests := []struct{ name, url string }{
+		{"no user", s.URL()},
+		{"alice", "nats://alice:one@" + host},
+		{"bob", "nats://bob:two@" + host},
+	}
+	check := func(t *testing.T, want map[string]bool) {
+		t.Helper()
+		for _, tt := range tests {
+			nc, err := nats.Connect(tt.url, nats.Timeout(5*time.Second), nats.NoReconnect())
+			if err == nil {
+				nc.Close()
+			}
+			if (err == nil) != want[tt.name] {
+				t.Errorf("%s: connect err = %v, want ok %v", tt.name, err, want[tt.name])
+			}
+		}
+	}
+	check(t, map[string]bool{"alice": true})
+	roundTrip(t, "nats://alice:one@"+host)
+
+	s.SetConfig(`authorization { users = [ { user: bob, password: two } ] }`)
+	check(t, map[string]bool{"alice": true}) // still the old process
+	s.Restart()
+	if got := strings.TrimPrefix(s.URL(), "nats://"); got != host {
+		t.Fatalf("URL after Restart = %q, want the same port %q", got, host)
+	}
+	check(t, map[string]bool{"bob": true})
+}
