@@ -563,7 +563,9 @@ func TestCheckUpgradeSeesTheRequest(t *testing.T) {
 }
 
 // greeter greets every socket as it opens, and counts its ticks per loop.
-type greeter struct{ ticks *[engine.MaxLoops]atomic.Int64 }
+type greeter struct {
+	ticks *[engine.MaxLoops]atomic.Int64
+}
 
 func (greeter) Upgrade(*engine.Conn, *codec.Request) error     { return nil }
 func (greeter) Message(c *engine.Conn, op ws.OpCode, p []byte) { c.SendFrame(op, p) }

@@ -10,8 +10,11 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"log/slog"
+	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -187,5 +190,54 @@ func TestServeAccessFlags(t *testing.T) {
 		if code == 0 || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q, want %q", tc.args, code, stderr.String(), tc.want)
 		}
+	}
+}
+
+// A JWKS served over HTTP, rotated: a token by the new key is accepted
+// once Herald refetches for its unknown kid, and the old key's tokens are
+// refused from then on.
+func TestJWKSRotationOverARealSocket(t *testing.T) {
+	keyA, errA := rsa.GenerateKey(rand.Reader, 2048)
+	keyB, errB := rsa.GenerateKey(rand.Reader, 2048)
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
+	jwk := func(kid string, k *rsa.PrivateKey) string {
+		e := big.NewInt(int64(k.E)).Bytes()
+		return `{"kty":"RSA","use":"sig","alg":"RS256","kid":"` + kid + `","n":"` +
+			base64.RawURLEncoding.EncodeToString(k.N.Bytes()) + `","e":"` + base64.RawURLEncoding.EncodeToString(e) + `"}`
+	}
+	var current atomic.Value
+	current.Store(`{"keys":[` + jwk("a", keyA) + `]}`)
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(current.Load().(string)))
+	}))
+	t.Cleanup(jwks.Close)
+	h := startTestHerald(t, heraldConfig{Auth: &auth.Config{JWKSURL: jwks.URL, JWKSUnknownKIDRefresh: time.Millisecond}})
+
+	token := func(kid string, k *rsa.PrivateKey) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{"sub": "kim", "exp": time.Now().Add(time.Hour).Unix(), "subscribe": []string{"feed.>"}})
+		tok.Header["kid"] = kid
+		s, err := tok.SignedString(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	byA, byB := token("a", keyA), token("b", keyB)
+	if code, _ := dialStatus(t, h, "channel=feed.x&token="+byA, nil); code != 101 {
+		t.Fatalf("key a: %d", code)
+	}
+	if code, _ := dialStatus(t, h, "channel=feed.x&token="+byB, nil); code != 401 {
+		t.Fatalf("key b before the rotation: %d, want 401", code)
+	}
+	current.Store(`{"keys":[` + jwk("b", keyB) + `]}`)
+	time.Sleep(5 * time.Millisecond) // past the unknown-kid refetch limit
+	if code, _ := dialStatus(t, h, "channel=feed.x&token="+byB, nil); code != 101 {
+		t.Fatalf("key b after the rotation: %d, want 101", code)
+	}
+	if code, _ := dialStatus(t, h, "channel=feed.x&token="+byA, nil); code != 401 {
+		t.Fatalf("key a after it left the JWKS: %d, want 401", code)
 	}
 }

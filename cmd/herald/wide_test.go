@@ -34,6 +34,7 @@ func TestServeNATSWide(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer seven.Close()
+			expectConnected(t, seven)
 			// The 101 came once the subscription was live.
 			publishTo(t, natsURL, "user.8", `"not yours"`, "user.7", `"yours"`)
 			expectEnvelope(t, seven, "user.7", `"yours"`)
