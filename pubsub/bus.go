@@ -113,9 +113,10 @@ type subscription struct {
 	// Worker only.
 	sub *nats.Subscription // nil until made, or if never made (members never have one)
 
-	// Dispatcher only.
-	group uint64        // the dispatcher group it last joined
-	next  *subscription // the next live member on the same subject (wideGroup.literal)
+	// The struct fits Go's 48-byte size class, which matters for members
+	// (one per personal channel): the dispatcher's state of a NATS
+	// subscription is in its route, the second member on one subject in
+	// wideGroup.more.
 }
 
 type subState uint8
@@ -669,16 +670,24 @@ func (b *Broker) answer(out []answer) {
 // dispatcher is the state of the dispatch goroutine.
 type dispatcher struct {
 	b     *Broker
-	subs  map[*nats.Subscription]*subscription
+	subs  map[*nats.Subscription]*route
 	ids   []uint64 // reused for every Message call
 	group uint64   // number of the current group
+}
+
+// route is the dispatcher's record of one NATS subscription (ordinary or a
+// carrier): one per NATS subscription, which costs a kilobyte anyway, so
+// that members need no such fields.
+type route struct {
+	s     *subscription
+	group uint64 // the dispatcher group it last joined
 }
 
 // dispatch is the dispatcher goroutine: the only one that calls the
 // Handler.
 func (b *Broker) dispatch() {
 	defer close(b.dispatchDone)
-	d := &dispatcher{b: b, subs: make(map[*nats.Subscription]*subscription)}
+	d := &dispatcher{b: b, subs: make(map[*nats.Subscription]*route)}
 	var next *nats.Msg // taken while grouping, not part of the group
 	var last *nats.Msg // the first copy of the last group delivered
 	for {
@@ -703,14 +712,14 @@ func (b *Broker) dispatch() {
 			continue
 		}
 		last = m
-		s := d.lookup(m.Sub)
-		ids := d.take(s, m, d.ids[:0])
+		r := d.lookup(m.Sub)
+		ids := d.take(r, m, d.ids[:0])
 		if len(ids) == 0 {
 			d.ids = ids
 			continue
 		}
 		d.group++
-		s.group = d.group
+		r.group = d.group
 	gather:
 		for {
 			select {
@@ -719,16 +728,16 @@ func (b *Broker) dispatch() {
 					next = c
 					break gather
 				}
-				cs := d.lookup(c.Sub)
-				if cs != nil && cs.group == d.group {
+				cr := d.lookup(c.Sub)
+				if cr != nil && cr.group == d.group {
 					// A second copy through one subscription is a second
 					// publish.
 					next = c
 					break gather
 				}
 				n := len(ids)
-				if ids = d.take(cs, c, ids); len(ids) > n {
-					cs.group = d.group
+				if ids = d.take(cr, c, ids); len(ids) > n {
+					cr.group = d.group
 				}
 			default:
 				break gather
@@ -743,12 +752,14 @@ func (b *Broker) dispatch() {
 	}
 }
 
-// take appends the ids copy m, which arrived through s, is delivered to:
+// take appends the ids copy m, which arrived through r, is delivered to:
 // the subscription's own id when it is live (see Handler.Live), or for a
 // wide group's carrier the live members whose patterns match the subject.
-func (d *dispatcher) take(s *subscription, m *nats.Msg, ids []uint64) []uint64 {
-	switch {
-	case s == nil:
+func (d *dispatcher) take(r *route, m *nats.Msg, ids []uint64) []uint64 {
+	if r == nil {
+		return ids
+	}
+	switch s := r.s; {
 	case s.carrier:
 		ids = s.wide.route(m.Subject, ids)
 	case s.live && !s.cancelled.Load():
@@ -772,13 +783,13 @@ func (d *dispatcher) carryOver(last *nats.Msg) *nats.Msg {
 		if c.Sub == nil || !sameMessage(last, c) {
 			return c
 		}
-		cs := d.lookup(c.Sub)
-		if cs != nil && cs.group == d.group {
+		cr := d.lookup(c.Sub)
+		if cr != nil && cr.group == d.group {
 			return c // a second copy through one subscription is a second publish
 		}
-		d.ids = d.take(cs, c, d.ids[:0])
+		d.ids = d.take(cr, c, d.ids[:0])
 		if len(d.ids) > 0 && !b.quit.Load() {
-			cs.group = d.group
+			cr.group = d.group
 			b.messagesIn.Add(uint64(len(d.ids)))
 			b.handler.Message(c.Subject, c.Data, d.ids)
 		}
@@ -800,9 +811,9 @@ func sameMessage(m, c *nats.Msg) bool {
 // (after which nats.go pushes nothing more for it). So a subscription not
 // found is one whose first message beat the worker to recording it: the
 // worker is between two statements that never block, and the wait is short.
-func (d *dispatcher) lookup(sub *nats.Subscription) *subscription {
-	if s, ok := d.subs[sub]; ok {
-		return s
+func (d *dispatcher) lookup(sub *nats.Subscription) *route {
+	if r, ok := d.subs[sub]; ok {
+		return r
 	}
 	var deadline time.Time
 	for i := 0; ; i++ {
@@ -811,8 +822,9 @@ func (d *dispatcher) lookup(sub *nats.Subscription) *subscription {
 		delete(d.b.registered, sub)
 		d.b.regMu.Unlock()
 		if ok {
-			d.subs[sub] = s
-			return s
+			r := &route{s: s}
+			d.subs[sub] = r
+			return r
 		}
 		if i == 0 {
 			deadline = time.Now().Add(lookupTimeout)

@@ -39,10 +39,11 @@ import (
 // reconnect, exactly like an ordinary subscription made then.
 //
 // Routing. The dispatcher keeps, per group, the live members with literal
-// patterns in a map subject -> members (chained through subscription.next),
-// which is one lookup per message whatever the number of members, and the
-// live members with wildcard patterns in a slice checked with
-// channel.Matches. Nothing is allocated per message.
+// patterns in a map subject -> member (further members on one subject, which
+// the hub never makes, in a second map that is empty otherwise), one lookup
+// per message whatever the number of members, and the live members with
+// wildcard patterns in a slice checked with channel.Matches. Nothing is
+// allocated per message.
 
 // wideGroup is one wide pattern and its members.
 type wideGroup struct {
@@ -60,8 +61,9 @@ type wideGroup struct {
 	refusedEpoch uint64
 
 	// Dispatcher only: the live members.
-	literal map[string]*subscription // subject -> first member on it; the rest follow next
-	wild    []*subscription          // members with wildcard patterns
+	literal map[string]*subscription   // subject -> its member
+	more    map[string][]*subscription // subject -> its other members, rare: the hub makes one subscription per pattern
+	wild    []*subscription            // members with wildcard patterns
 }
 
 // newWideGroups validates Config.Wide and returns its groups, in order.
@@ -99,52 +101,68 @@ func isLiteral(pattern string) bool { return !strings.ContainsAny(pattern, "*>")
 
 // add puts a member that just went live into the routing. Dispatcher only.
 func (g *wideGroup) add(s *subscription) {
-	if isLiteral(s.pattern) {
-		s.next = g.literal[s.pattern]
+	switch {
+	case !isLiteral(s.pattern):
+		g.wild = append(g.wild, s)
+	case g.literal[s.pattern] == nil:
 		g.literal[s.pattern] = s
-		return
+	default:
+		if g.more == nil {
+			g.more = make(map[string][]*subscription)
+		}
+		g.more[s.pattern] = append(g.more[s.pattern], s)
 	}
-	g.wild = append(g.wild, s)
 }
 
 // remove takes a member out of the routing. Dispatcher only.
 func (g *wideGroup) remove(s *subscription) {
-	if isLiteral(s.pattern) {
-		head := g.literal[s.pattern]
-		if head == s {
-			if s.next == nil {
-				delete(g.literal, s.pattern)
-			} else {
-				g.literal[s.pattern] = s.next
-			}
-			s.next = nil
-			return
-		}
-		for c := head; c != nil; c = c.next {
-			if c.next == s {
-				c.next, s.next = s.next, nil
-				return
-			}
-		}
+	if !isLiteral(s.pattern) {
+		g.wild = without(g.wild, s)
 		return
 	}
-	for i, c := range g.wild {
+	more := g.more[s.pattern]
+	switch {
+	case g.literal[s.pattern] != s:
+		more = without(more, s)
+	case len(more) == 0:
+		delete(g.literal, s.pattern)
+		return
+	default:
+		g.literal[s.pattern] = more[len(more)-1]
+		more[len(more)-1] = nil
+		more = more[:len(more)-1]
+	}
+	if len(more) == 0 {
+		delete(g.more, s.pattern)
+	} else {
+		g.more[s.pattern] = more
+	}
+}
+
+// without removes s from list, in place, order not kept.
+func without(list []*subscription, s *subscription) []*subscription {
+	for i, c := range list {
 		if c == s {
-			last := len(g.wild) - 1
-			g.wild[i] = g.wild[last]
-			g.wild[last] = nil
-			g.wild = g.wild[:last]
-			return
+			last := len(list) - 1
+			list[i] = list[last]
+			list[last] = nil
+			return list[:last]
 		}
 	}
+	return list
 }
 
 // route appends the ids of the live members a message on subject reaches.
 // Dispatcher only; it does not allocate once ids has room.
 func (g *wideGroup) route(subject string, ids []uint64) []uint64 {
-	for s := g.literal[subject]; s != nil; s = s.next {
-		if !s.cancelled.Load() {
-			ids = append(ids, s.id)
+	if s := g.literal[subject]; s != nil && !s.cancelled.Load() {
+		ids = append(ids, s.id)
+	}
+	if len(g.more) > 0 {
+		for _, s := range g.more[subject] {
+			if !s.cancelled.Load() {
+				ids = append(ids, s.id)
+			}
 		}
 	}
 	for _, s := range g.wild {

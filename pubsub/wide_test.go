@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 
@@ -692,5 +693,72 @@ func TestDispatchAllocationFree(t *testing.T) {
 	t.Logf("%d messages (%d calls, %d copies): %d allocations in the process meanwhile", n, h.calls.Load(), h.copies.Load(), allocs)
 	if allocs > uint64(n/100) {
 		t.Errorf("%d allocations for %d messages: the dispatcher allocates per message", allocs, n)
+	}
+}
+
+// TestMemberSize keeps the subscription struct in Go's 48-byte size
+// class: one per personal channel.
+func TestMemberSize(t *testing.T) {
+	if n := unsafe.Sizeof(subscription{}); n > 48 {
+		t.Errorf("subscription is %d bytes, want at most 48", n)
+	}
+}
+
+// TestWideGroupRouting drives a group's routing directly: members added and
+// removed in any order, several on one subject, literal and wildcard.
+func TestWideGroupRouting(t *testing.T) {
+	groups, err := newWideGroups([]string{"u.>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := groups[0]
+	m := map[uint64]*subscription{}
+	for id, p := range map[uint64]string{1: "u.a", 2: "u.a", 3: "u.a", 4: "u.b", 5: "u.*", 6: "u.a.>"} {
+		m[id] = &subscription{id: id, pattern: p, wide: g}
+	}
+	route := func(subject string) string {
+		ids := g.route(subject, nil)
+		slices.Sort(ids)
+		return fmt.Sprint(ids)
+	}
+	steps := []struct {
+		add, remove uint64
+		cancel      uint64
+		want        map[string]string
+	}{
+		{add: 1, want: map[string]string{"u.a": "[1]", "u.b": "[]"}},
+		{add: 2, want: map[string]string{"u.a": "[1 2]"}},
+		{add: 3, want: map[string]string{"u.a": "[1 2 3]"}},
+		{add: 4, want: map[string]string{"u.a": "[1 2 3]", "u.b": "[4]"}},
+		{add: 5, want: map[string]string{"u.a": "[1 2 3 5]", "u.b": "[4 5]", "u.a.x": "[]"}},
+		{add: 6, want: map[string]string{"u.a.x": "[6]", "u.a": "[1 2 3 5]"}},
+		{remove: 1, want: map[string]string{"u.a": "[2 3 5]"}}, // the map's own member: one from more takes its place
+		{remove: 3, want: map[string]string{"u.a": "[2 5]"}},
+		{cancel: 2, want: map[string]string{"u.a": "[5]"}}, // cancelled, not yet removed
+		{remove: 2, want: map[string]string{"u.a": "[5]"}},
+		{remove: 5, want: map[string]string{"u.a": "[]", "u.b": "[4]"}},
+		{add: 1, want: map[string]string{"u.a": "[1]"}},
+		{remove: 6, want: map[string]string{"u.a.x": "[]"}},
+		{remove: 4, want: map[string]string{"u.b": "[]"}},
+		{remove: 1, want: map[string]string{"u.a": "[]"}},
+	}
+	for i, st := range steps {
+		switch {
+		case st.add != 0:
+			m[st.add].cancelled.Store(false)
+			g.add(m[st.add])
+		case st.remove != 0:
+			g.remove(m[st.remove])
+		default:
+			m[st.cancel].cancelled.Store(true)
+		}
+		for subject, want := range st.want {
+			if got := route(subject); got != want {
+				t.Fatalf("step %d: route(%s) = %s, want %s", i, subject, got, want)
+			}
+		}
+	}
+	if len(g.literal) != 0 || len(g.more) != 0 || len(g.wild) != 0 {
+		t.Errorf("empty group keeps %d literal, %d more, %d wild", len(g.literal), len(g.more), len(g.wild))
 	}
 }

@@ -21,10 +21,12 @@
 #   BENCH   a prebuilt herald binary to run the bench from (default: build this tree)
 #   ADDR    where the server listens (default 127.0.0.1:8080)
 #   NATS    where its embedded NATS listens (default 127.0.0.1:4222)
+#   WIDE    the --nats-wide patterns of the "wide" rows: they must cover the
+#           bench's channel names, bench.RUN.K (default bench.*.*)
 #   OUT     directory for each run's JSON and logs (default: a new temporary one)
 #   REPORT  1: run nothing, print the table again from OUT's JSON (same RUNS)
 # Needs go (unless HERALD and BENCH are given) and jq. One pass over the
-# scenarios takes about three minutes at 19,000 connections; each run is
+# scenarios takes about three and a half minutes at 19,000 connections; each run is
 # bounded by --timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,7 @@ rounds=${ROUNDS:-3}
 runs=${RUNS:-1}
 addr=${ADDR:-127.0.0.1:8080}
 nats=${NATS:-127.0.0.1:4222}
+wide=${WIDE:-bench.*.*}
 out=${OUT:-$(mktemp -d -t herald-bench.XXXXXX)}
 mkdir -p "$out"
 command -v jq >/dev/null || { echo "bench.sh needs jq" >&2; exit 1; }
@@ -73,10 +76,13 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# serve_args: extra flags for the next servers (see run_wide).
+serve_args=()
+
 # start_server NAME: a fresh server, so that memory figures start from an
 # empty process and no run inherits another's state.
 start_server() {
-  "$server" serve --listen "$addr" --nats-listen "$nats" --log-level warn --drain-timeout 1s \
+  "$server" serve --listen "$addr" --nats-listen "$nats" --log-level warn --drain-timeout 1s "${serve_args[@]}" \
     >"$out/server-$1.log" 2>&1 &
   server_pid=$!
   local host=${addr%:*} port=${addr##*:}
@@ -96,10 +102,18 @@ run() {
   echo "== $name"
   start_server "$name"
   local cmd=("$client" bench "$@" --url "ws://$addr/ws" --conns "$conns" --server-pid "$server_pid" --json "$out/$name.json")
-  echo "+ herald serve --listen $addr --nats-listen $nats (pid $server_pid)"
+  echo "+ herald serve --listen $addr --nats-listen $nats ${serve_args[*]} (pid $server_pid)"
   echo "+ herald bench ${cmd[*]:2}"
   "${cmd[@]}" | tee "$out/$name.txt" || echo "!! $name failed (exit $?)"
   stop_server
+}
+
+# run_wide NAME SCENARIO FLAGS...: run against a server with --nats-wide
+# covering the bench's channels: one NATS subscription for all of them.
+run_wide() {
+  serve_args=(--nats-wide "$wide")
+  run "$@"
+  serve_args=()
 }
 
 # run_floor NAME FLAGS...: the loopback write floor, with no server running.
@@ -124,12 +138,14 @@ for i in $(seq "$runs"); do
   [ "$runs" -gt 1 ] && echo "==== run $i of $runs"
   run "idle-$i" idle --duration 10s --timeout 2m
   run "idle-personal-$i" idle --channels per-conn --duration 10s --timeout 2m
+  run_wide "idle-wide-$i" idle --channels per-conn --duration 10s --timeout 2m
   run "burst-$i" fanout --nats "nats://$nats" --channels 1 --messages 200 --size 64 --rate 0 --timeout 2m
   run "steady-$i" fanout --nats "nats://$nats" --channels 1 --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
   run_floor "floor-$i" --floor-writers "$(nproc)" --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
   # Every message to a different socket: ROUNDS rounds as fast as possible,
   # then paced at 50,000 a second, one socket after another.
   run "personal-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 0 --timeout 2m
+  run_wide "personal-wide-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 0 --timeout 2m
   run "personal-steady-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 50000 --duration "$steady" --timeout 2m
   run "sweep-$i" fanout --nats "nats://$nats" --channels 1 --rates "$rates" --size 64 --duration "$sweep" --timeout "$sweep_timeout"
   run "storm-$i" storm --timeout 2m
@@ -204,6 +220,9 @@ prss=$(fig idle-personal '.server.memory.rss_per_conn_bytes' '%.0f' ' B')
 pgoroutines="$(fig idle-personal '.server.goroutines.before' '%.0f') -> $(fig idle-personal '.server.goroutines.after' '%.0f')"
 # Flat: fewer than 100 more goroutines with every connection on its own channel.
 pg_growth=$(raw idle-personal '.server.goroutines | if . == null then null else .after - .before end')
+wrss=$(fig idle-wide '.server.memory.rss_per_conn_bytes' '%.0f' ' B')
+wgoroutines="$(fig idle-wide '.server.goroutines.before' '%.0f') -> $(fig idle-wide '.server.goroutines.after' '%.0f')"
+wg_growth=$(raw idle-wide '.server.goroutines | if . == null then null else .after - .before end')
 # Every run starts with a connect phase (the floor's connects to the bench):
 # judge the median over all of them.
 files=()
@@ -231,6 +250,8 @@ row "idle: kernel slab per socket (host-wide, both ends)" "" "$kernel" ""
 row "idle: server goroutines, before -> with the connections" "flat" "$goroutines" ""
 row "idle, a channel per connection: server RSS per connection" "<= 1,000 B" "$prss" "$(verdict "$(raw idle-personal '.server.memory.rss_per_conn_bytes')" '<=' 1000)"
 row "idle, a channel per connection: goroutines before -> with them" "flat" "$pgoroutines" "$(verdict "$pg_growth" '<' 100)"
+row "idle, a channel per conn, --nats-wide: server RSS per connection" "<= 1,000 B" "$wrss" "$(verdict "$(raw idle-wide '.server.memory.rss_per_conn_bytes')" '<=' 1000)"
+row "idle, a channel per conn, --nats-wide: goroutines before -> with" "flat" "$wgoroutines" "$(verdict "$wg_growth" '<' 100)"
 row "connect: $upgraded upgraded (median of every run)" "< 2 s" "$connects" "$(verdict "$connect" '<' 2)"
 row "fanout burst (200 messages): deliveries/s" ">= 500,000" "$(fig burst '.fanout.deliveries_per_second' count)" "$(verdict "$(raw burst '.fanout.deliveries_per_second')" '>=' 500000)"
 row "fanout burst: delivered" "100%" "$(fig burst '.fanout.delivered_pct' '%.3g' '%')" "$(verdict "$(raw burst '.fanout.delivered_pct')" '>=' 100)"
@@ -250,6 +271,9 @@ row "personal, $rounds rounds as fast as possible: deliveries/s" "" "$(fig perso
 row "personal burst: server CPU per delivery" "" "$(fig personal '.server.cpu.us_per_unit' '%.2f' ' us')" ""
 row "personal burst: messages per client read" "" "$(fig personal '.fanout.messages_per_read' '%.2f')" ""
 row "personal burst: delivered" "100%" "$(fig personal '.fanout.delivered_pct' '%.3g' '%')" "$(verdict "$(raw personal '.fanout.delivered_pct')" '>=' 100)"
+row "personal burst, --nats-wide: deliveries/s" "" "$(fig personal-wide '.fanout.deliveries_per_second' count)" ""
+row "personal burst, --nats-wide: server CPU per delivery" "" "$(fig personal-wide '.server.cpu.us_per_unit' '%.2f' ' us')" ""
+row "personal burst, --nats-wide: delivered" "100%" "$(fig personal-wide '.fanout.delivered_pct' '%.3g' '%')" "$(verdict "$(raw personal-wide '.fanout.delivered_pct')" '>=' 100)"
 row "personal paced, 50,000 msg/s: deliveries/s" "" "$(fig personal-steady '.fanout.deliveries_per_second' count)" ""
 row "personal paced: server CPU per delivery" "" "$(fig personal-steady '.server.cpu.us_per_unit' '%.2f' ' us')" ""
 row "personal paced: CPU per delivery / floor CPU per write" "" "$(ratio_fig "$(ratios personal-steady '.server.cpu.us_per_unit' floor '.server.cpu.us_per_unit')")" ""

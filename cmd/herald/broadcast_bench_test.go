@@ -282,18 +282,22 @@ func processCPU(b *testing.B) time.Duration {
 // connection, with 19,000 connections held by a child process. One op
 // is the whole measurement; run it with -benchtime=1x.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
-	for _, bc := range []struct{ name, channel string }{
-		{"shared", "idle.memory"},
-		{"personal", "user.%d"},
+	for _, bc := range []struct {
+		name, channel string
+		wide          []string
+	}{
+		{"shared", "idle.memory", nil},
+		{"personal", "user.%d", nil},
+		{"personal-wide", "user.%d", []string{"user.*"}}, // --nats-wide user.*
 	} {
-		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel) })
+		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide) })
 	}
 }
 
-func benchmarkIdleMemory(b *testing.B, channel string) {
+func benchmarkIdleMemory(b *testing.B, channel string, wide []string) {
 	const conns = 19_000
 	for range b.N {
-		h := startTestHerald(b, heraldConfig{})
+		h := startTestHerald(b, heraldConfig{NATSWide: wide})
 		runtime.GC()
 		debug.FreeOSMemory()
 		var before runtime.MemStats
