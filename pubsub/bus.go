@@ -7,7 +7,6 @@ import (
 	"maps"
 	"runtime"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -154,15 +153,18 @@ type answer struct {
 // unsubscribed): such a call is answered with an error and changes nothing.
 // An id may be reused after Unsubscribe; the answers for one id come in the
 // order of the calls. After Close has begun, Subscribe does nothing.
+//
+// The broker keeps pattern as given, so it must be an ordinary Go string
+// and not a view of memory the caller reuses (the push hub passes its own
+// copy of each channel name): with a channel per user, a second copy of
+// every name is memory per connection.
 func (b *Broker) Subscribe(id uint64, pattern string) {
 	err := channel.Validate(pattern, true)
 	if err != nil {
 		// Like channel.Error itself, never echo a name a client sent.
 		err = fmt.Errorf("pubsub: subscribe (id %d): %w", id, err)
 	}
-	// The pattern outlives the call: never alias the caller's memory (the
-	// engine may pass a view of a network buffer).
-	s := &subscription{id: id, pattern: strings.Clone(pattern)}
+	s := &subscription{id: id, pattern: pattern}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()

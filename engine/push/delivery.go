@@ -110,12 +110,14 @@ type loopStats struct {
 // topic is one loop's subscribers to one channel pattern. A personal
 // channel has a topic of its own per socket, so it is kept small.
 type topic struct {
-	pattern string
 	channel *hubChannel
 	members []*engine.Conn // each member's subList holds its position here
 	batch   int32          // 1 + index in loopState.groups while a flush runs; 0 otherwise
 	live    bool           // the loop has heard that the channel is live
 }
+
+// pattern is the topic's channel name.
+func (t *topic) pattern() string { return t.channel.pattern }
 
 // waiter is a subscription waiting for its channel to go live: an in-band
 // subscribe to ack, or a channel of an upgrade held until all are live.
@@ -377,8 +379,8 @@ func (s *session) owner(subject string) string {
 	best := ""
 	for i := range s.subs.len() {
 		t := s.subs.at(i).topic
-		if t.live && (best == "" || t.pattern < best) && channel.Matches(t.pattern, subject) {
-			best = t.pattern
+		if t.live && (best == "" || t.pattern() < best) && channel.Matches(t.pattern(), subject) {
+			best = t.pattern()
 		}
 	}
 	return best

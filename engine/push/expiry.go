@@ -155,7 +155,7 @@ func (l *loopState) refreshVerified(j *job) {
 	c.SendFrame(ws.OpText, l.replyBuf)
 	// Backwards: leaving moves the last subscription into the gap.
 	for k := s.subs.len() - 1; k >= 0; k-- {
-		pattern := s.subs.at(k).topic.pattern
+		pattern := s.subs.at(k).topic.pattern()
 		if err := h.checkSubscribe(id, pattern); err != nil {
 			l.unsubscribe(c, pattern)
 			l.replyDropped(c, pattern, err)

@@ -32,6 +32,7 @@ import (
 	"math/bits"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -253,10 +254,11 @@ func (h *Hub) join(l *loopState, pattern string) *hubChannel {
 	ch := h.byPattern[pattern]
 	if ch == nil {
 		h.lastID++
-		ch = &hubChannel{id: h.lastID, pattern: pattern}
-		h.byPattern[pattern] = ch
+		// pattern may be a view of a network buffer: keep a copy.
+		ch = &hubChannel{id: h.lastID, pattern: strings.Clone(pattern)}
+		h.byPattern[ch.pattern] = ch
 		h.byID[ch.id] = ch
-		h.bus.Subscribe(ch.id, pattern)
+		h.bus.Subscribe(ch.id, ch.pattern)
 	}
 	ch.loops |= l.bit
 	if ch.live {

@@ -3,7 +3,6 @@ package push
 import (
 	"errors"
 	"slices"
-	"strings"
 
 	"github.com/herald-ws/herald/codec/channel"
 	"github.com/herald-ws/herald/engine"
@@ -89,7 +88,7 @@ func subAt(c *engine.Conn, i int) sub {
 func findSub(c *engine.Conn, pattern string) int {
 	switch s := c.Session.(type) {
 	case *topic:
-		if s.pattern == pattern {
+		if s.pattern() == pattern {
 			return 0
 		}
 	case *session:
@@ -146,10 +145,10 @@ func (l *loopState) subscribe(c *engine.Conn, pattern string) (added, pending bo
 	}
 	t := l.topic[pattern]
 	if t == nil {
-		pattern = strings.Clone(pattern)
-		t = &topic{pattern: pattern}
-		l.topic[pattern] = t
-		t.channel = l.hub.join(l, pattern)
+		// The loop keys its topic by the hub's copy of the name: one copy
+		// per channel in the process, however many loops follow it.
+		t = &topic{channel: l.hub.join(l, pattern)}
+		l.topic[t.pattern()] = t
 	}
 	if isRaw(c) {
 		t.channel.raw.Add(1)
@@ -197,7 +196,7 @@ func (l *loopState) leave(c *engine.Conn, k int) {
 	last := len(t.members) - 1
 	if moved := t.members[last]; moved != c {
 		t.members[sb.pos] = moved
-		setPos(moved, findSub(moved, t.pattern), sb.pos)
+		setPos(moved, findSub(moved, t.pattern()), sb.pos)
 	}
 	t.members[last] = nil
 	t.members = t.members[:last]
@@ -206,7 +205,7 @@ func (l *loopState) leave(c *engine.Conn, k int) {
 	}
 	removeSub(c, k)
 	if len(t.members) == 0 && t.live {
-		delete(l.topic, t.pattern)
+		delete(l.topic, t.pattern())
 		l.hub.leave(l, t.channel)
 	}
 }
@@ -223,13 +222,13 @@ func (l *loopState) answered(ch *hubChannel, err error) {
 	if err == nil {
 		t.live = true
 		if len(t.members) == 0 {
-			delete(l.topic, t.pattern)
+			delete(l.topic, t.pattern())
 			l.hub.leave(l, ch)
 		}
 	} else {
-		delete(l.topic, t.pattern)
+		delete(l.topic, t.pattern())
 		for _, c := range t.members {
-			removeSub(c, findSub(c, t.pattern))
+			removeSub(c, findSub(c, t.pattern()))
 		}
 		t.members = nil
 		code := channel.CodeUnavailable
@@ -295,7 +294,7 @@ func (l *subList) at(i int) *sub {
 // find returns the index of the subscription to pattern, or -1.
 func (l *subList) find(pattern string) int {
 	for i := range l.len() {
-		if l.at(i).topic.pattern == pattern {
+		if l.at(i).topic.pattern() == pattern {
 			return i
 		}
 	}
