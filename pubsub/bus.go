@@ -675,6 +675,20 @@ type dispatcher struct {
 	subs  map[*nats.Subscription]*route
 	ids   []uint64 // reused for every Message call
 	group uint64   // number of the current group
+
+	// A batch of answers can land between two copies of one publish
+	// while nats.go has not pushed the second yet (it may be in the next
+	// read). The copies that come after the answers are the straddle:
+	//   - dropped: subscriptions whose copy of the last message came
+	//     before their Live and was dropped; a straddling copy through a
+	//     subscription live before carries their ids too, so that a
+	//     socket that moved its ownership to them still gets it once;
+	//   - justLive: the subscriptions the answers made live; a straddling
+	//     copy through one of them is dropped, as its twins through the
+	//     subscriptions live before carried the message already.
+	straddle bool
+	dropped  []*subscription
+	justLive []*subscription
 }
 
 // route is the dispatcher's record of one NATS subscription (ordinary or a
@@ -713,6 +727,13 @@ func (b *Broker) dispatch() {
 			}
 			continue
 		}
+		if d.straddle && last != nil && sameMessage(last, m) {
+			if d.straddling(m) {
+				continue
+			}
+		}
+		d.straddle = false
+		d.dropped = d.dropped[:0]
 		last = m
 		r := d.lookup(m.Sub)
 		ids := d.take(r, m, d.ids[:0])
@@ -766,8 +787,41 @@ func (d *dispatcher) take(r *route, m *nats.Msg, ids []uint64) []uint64 {
 		ids = s.wide.route(m.Subject, ids)
 	case s.live && !s.cancelled.Load():
 		ids = append(ids, s.id)
+	case !s.live && !s.cancelled.Load():
+		d.dropped = append(d.dropped, s)
 	}
 	return ids
+}
+
+// straddling handles m, a copy of the last message that came after a
+// batch of answers through another subscription, and reports whether it
+// did (false: m is a message of its own, as through the same route).
+func (d *dispatcher) straddling(m *nats.Msg) bool {
+	r := d.lookup(m.Sub)
+	if r == nil || r.s.carrier || r.group == d.group {
+		return false
+	}
+	if slices.Contains(d.justLive, r.s) {
+		return true // carried already by its twins
+	}
+	ids := d.take(r, m, d.ids[:0])
+	if len(ids) == 0 {
+		return true
+	}
+	for _, s := range d.dropped {
+		if s.live && !s.cancelled.Load() {
+			ids = append(ids, s.id)
+		}
+	}
+	d.dropped = d.dropped[:0]
+	d.ids = ids
+	d.group++
+	r.group = d.group
+	if !d.b.quit.Load() {
+		d.b.messagesIn.Add(uint64(len(ids)))
+		d.b.handler.Message(m.Subject, m.Data, ids)
+	}
+	return true
 }
 
 // carryOver delivers the copies of last that wait in the channel, each in
@@ -851,6 +905,9 @@ func (d *dispatcher) answers() bool {
 	b.answers[0] = nil
 	b.answers = b.answers[1:]
 	b.ctlMu.Unlock()
+	clear(d.justLive)
+	d.justLive = d.justLive[:0]
+	d.straddle = true
 	for _, a := range batch {
 		s := a.s
 		switch {
@@ -880,6 +937,9 @@ func (d *dispatcher) answers() bool {
 		s.live = err == nil
 		if s.live && s.wide != nil {
 			s.wide.add(s)
+		}
+		if s.live && !s.carrier {
+			d.justLive = append(d.justLive, s)
 		}
 		b.handler.Live(s.id, err)
 	}
