@@ -686,9 +686,10 @@ type dispatcher struct {
 	//   - justLive: the subscriptions the answers made live; a straddling
 	//     copy through one of them is dropped, as its twins through the
 	//     subscriptions live before carried the message already.
-	straddle bool
-	dropped  []*subscription
-	justLive []*subscription
+	straddle      bool
+	dropped       []*subscription
+	justLive      []*subscription
+	lastDelivered bool // the last message reached some id
 }
 
 // route is the dispatcher's record of one NATS subscription (ordinary or a
@@ -733,10 +734,13 @@ func (b *Broker) dispatch() {
 			}
 		}
 		d.straddle = false
-		d.dropped = d.dropped[:0]
+		if last == nil || !sameMessage(last, m) {
+			d.dropped = d.dropped[:0] // copies of one publish keep theirs
+		}
 		last = m
 		r := d.lookup(m.Sub)
 		ids := d.take(r, m, d.ids[:0])
+		d.lastDelivered = len(ids) > 0
 		if len(ids) == 0 {
 			d.ids = ids
 			continue
@@ -798,11 +802,16 @@ func (d *dispatcher) take(r *route, m *nats.Msg, ids []uint64) []uint64 {
 // did (false: m is a message of its own, as through the same route).
 func (d *dispatcher) straddling(m *nats.Msg) bool {
 	r := d.lookup(m.Sub)
-	if r == nil || r.s.carrier || r.group == d.group {
-		return false
+	if r == nil || r.s.carrier || d.lastDelivered && r.group == d.group {
+		return false // through a route the last message took: a publish of its own
 	}
 	if slices.Contains(d.justLive, r.s) {
-		return true // carried already by its twins
+		if !d.lastDelivered {
+			// Its twins through the subscriptions live before are still
+			// to come: they carry its id.
+			d.dropped = append(d.dropped, r.s)
+		}
+		return true // carried already by its twins, or by those to come
 	}
 	ids := d.take(r, m, d.ids[:0])
 	if len(ids) == 0 {
@@ -817,6 +826,7 @@ func (d *dispatcher) straddling(m *nats.Msg) bool {
 	d.ids = ids
 	d.group++
 	r.group = d.group
+	d.lastDelivered = true
 	if !d.b.quit.Load() {
 		d.b.messagesIn.Add(uint64(len(ids)))
 		d.b.handler.Message(m.Subject, m.Data, ids)
@@ -840,12 +850,13 @@ func (d *dispatcher) carryOver(last *nats.Msg) *nats.Msg {
 			return c
 		}
 		cr := d.lookup(c.Sub)
-		if cr != nil && cr.group == d.group {
+		if cr != nil && d.lastDelivered && cr.group == d.group {
 			return c // a second copy through one subscription is a second publish
 		}
 		d.ids = d.take(cr, c, d.ids[:0])
 		if len(d.ids) > 0 && !b.quit.Load() {
 			cr.group = d.group
+			d.lastDelivered = true
 			b.messagesIn.Add(uint64(len(d.ids)))
 			b.handler.Message(c.Subject, c.Data, d.ids)
 		}
