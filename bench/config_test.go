@@ -151,8 +151,8 @@ func TestParseRatesAndChannels(t *testing.T) {
 }
 
 func TestReportsRedactTokens(t *testing.T) {
-	got := redactToken("ws://h:1/ws?token=eyJhbGciOi.secret.sig&x=1")
-	if strings.Contains(got, "secret") || !strings.Contains(got, "token=REDACTED") || !strings.Contains(got, "x=1") {
+	got := RedactURL("ws://user:pw@h:1/ws?token=eyJhbGciOi.secret.sig&x=1")
+	if strings.Contains(got, "secret") || strings.Contains(got, "pw") || !strings.Contains(got, "token=REDACTED") || !strings.Contains(got, "x=1") {
 		t.Fatalf("redacted %q", got)
 	}
 }

@@ -72,7 +72,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		prefix: fmt.Sprintf("%s.%06x", cfg.ChannelPrefix, rand.Uint32()&0xFFFFFF),
 		res: &Result{
 			Scenario: cfg.Scenario,
-			URL:      redactToken(cfg.URL),
+			URL:      RedactURL(cfg.URL),
 			Started:  start,
 			Conns:    cfg.Conns,
 			Channels: cfg.Channels,
@@ -834,15 +834,18 @@ func (r *runner) storm(ctx context.Context) error {
 	return nil
 }
 
-// redactToken hides a token in a URL's query: reports are shared, tokens
-// are credentials.
-func redactToken(raw string) string {
+// RedactURL is raw as it may be printed: a password replaced as
+// url.URL.Redacted does, and a token in the query (?token=JWT, how
+// browsers and the bench present one) by REDACTED. Reports and status
+// lines are shared; tokens are credentials.
+func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || !u.Query().Has("token") {
+	if err != nil {
 		return raw
 	}
-	q := u.Query()
-	q.Set("token", "REDACTED")
-	u.RawQuery = q.Encode()
-	return u.String()
+	if q := u.Query(); q.Has("token") {
+		q.Set("token", "REDACTED")
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
 }

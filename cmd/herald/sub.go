@@ -22,6 +22,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/herald-ws/herald/bench"
+
 	"github.com/herald-ws/herald/engine/push"
 )
 
@@ -138,16 +140,16 @@ func subscribe(ctx context.Context, cfg subConfig, stdout, stderr io.Writer) err
 		}
 		if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			return fmt.Errorf("%s refused the WebSocket upgrade: %s: %s", target.Redacted(), resp.Status, bytes.TrimSpace(body))
+			return fmt.Errorf("%s refused the WebSocket upgrade: %s: %s", bench.RedactURL(target.String()), resp.Status, bytes.TrimSpace(body))
 		}
-		return fmt.Errorf("connect to %s: %w", target.Redacted(), err)
+		return fmt.Errorf("connect to %s: %w", bench.RedactURL(target.String()), err)
 	}
 	defer conn.Close()
 	via := ""
 	if proxy != nil {
 		via = " through proxy " + proxy.Redacted()
 	}
-	fmt.Fprintf(stderr, "connected to %s%s\n", target.Redacted(), via)
+	fmt.Fprintf(stderr, "connected to %s%s\n", bench.RedactURL(target.String()), via)
 
 	s := &subSession{conn: conn, cfg: cfg, stdout: stdout, stderr: stderr, pending: make(map[string]string)}
 	for i, ch := range cfg.Channels {

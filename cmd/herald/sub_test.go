@@ -22,6 +22,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/push/auth"
 )
 
 // noEnv is an environment without proxy variables.
@@ -585,4 +586,30 @@ func requireTool(t *testing.T, name, install string) string {
 	}
 	t.Skipf("%s is not installed: %s, or run scripts/test.sh, which installs it", name, install)
 	return ""
+}
+
+// A token in the URL never reaches herald sub's status lines or errors,
+// whether the server refuses it or takes it; --token goes as a header.
+func TestSubKeepsTokensOut(t *testing.T) {
+	secret := []byte("a-secret-of-at-least-32-bytes-long!!")
+	h := startTestHerald(t, heraldConfig{Auth: &auth.Config{Secret: secret}})
+	base := "ws://" + h.srv.Addr() + "/ws?channel=chat.a"
+	good, err := auth.Mint(secret, "HS256", auth.Claims{Subject: "sam", Subscribe: []string{"chat.>"}, Expires: time.Now().Add(time.Hour)}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := good[:len(good)-4] + "AAAA"
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"sub", "--timeout", "5s", base + "&token=" + bad}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "401") || strings.Contains(stderr.String(), bad) {
+		t.Fatalf("refused token: exit %d, stderr %q", code, stderr.String())
+	}
+	for _, cfg := range []subConfig{{URL: base + "&token=" + good}, {URL: base, Token: good}} {
+		s := startSub(t, cfg)
+		waitOutput(t, &s.stderr, "user sam", 10*time.Second)
+		s.cancel()
+		if err := s.wait(t, 10*time.Second); err != nil || strings.Contains(s.stderr.String(), good) {
+			t.Fatalf("%+v: %v, stderr %q", cfg, err, s.stderr.String())
+		}
+	}
 }
