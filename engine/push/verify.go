@@ -3,10 +3,8 @@ package push
 import (
 	"context"
 	"errors"
-	"maps"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -169,23 +167,43 @@ func (h *Hub) checkChannels(rawQuery []byte, id *identity) error {
 	return nil
 }
 
-// counters are the access-control counters. They count refusals and
-// publishes, never deliveries, so one lock for the process is cheap.
+// counters are the access-control counters, one atomic per label of a
+// fixed set, so that no loop takes a lock to count (a publish flood
+// refuses on every loop at once).
 type counters struct {
-	mu             sync.Mutex
-	authFailures   map[string]uint64
-	publishRefused map[string]uint64
+	authFailures   [len(authReasons)]atomic.Uint64
+	publishRefused [len(publishCodes)]atomic.Uint64
 	published      atomic.Uint64
 	expired        atomic.Uint64
 }
 
-func (c *counters) authFailed(reason string) {
-	c.mu.Lock()
-	if c.authFailures == nil {
-		c.authFailures = make(map[string]uint64)
+// authReasons label token refusals: auth's reasons, and the hub's own
+// (other_subject: a refresh for another user; invalid: anything else).
+var authReasons = [...]string{
+	auth.ReasonMissing, auth.ReasonTooLarge, auth.ReasonMalformed, auth.ReasonBadSignature,
+	auth.ReasonAlgorithm, auth.ReasonUnknownKey, auth.ReasonExpired, auth.ReasonNotYetValid,
+	auth.ReasonIssuer, auth.ReasonAudience, auth.ReasonClaims, "other_subject", "invalid",
+}
+
+// publishCodes label publish refusals: the in-band codes a publish can
+// get, the last one for any other.
+var publishCodes = [...]string{
+	channel.CodeForbidden, CodeRateLimited, CodeTooLarge, channel.CodeBadRequest,
+	channel.CodeUnavailable, channel.CodeInvalidChannel, "other",
+}
+
+// labelIndex is the index of label in labels, or the last one's.
+func labelIndex(labels []string, label string) int {
+	for i, l := range labels {
+		if l == label {
+			return i
+		}
 	}
-	c.authFailures[reason]++
-	c.mu.Unlock()
+	return len(labels) - 1
+}
+
+func (c *counters) authFailed(reason string) {
+	c.authFailures[labelIndex(authReasons[:], reason)].Add(1)
 }
 
 func (c *counters) publishRefusal(err error) {
@@ -194,19 +212,23 @@ func (c *counters) publishRefusal(err error) {
 	if errors.As(err, &ce) {
 		code = ce.Code
 	}
-	c.mu.Lock()
-	if c.publishRefused == nil {
-		c.publishRefused = make(map[string]uint64)
-	}
-	c.publishRefused[code]++
-	c.mu.Unlock()
+	c.publishRefused[labelIndex(publishCodes[:], code)].Add(1)
 }
 
 func (c *counters) read(st *Stats) {
-	c.mu.Lock()
-	st.AuthFailures = maps.Clone(c.authFailures)
-	st.PublishRefused = maps.Clone(c.publishRefused)
-	c.mu.Unlock()
+	st.AuthFailures = nonZero(authReasons[:], c.authFailures[:])
+	st.PublishRefused = nonZero(publishCodes[:], c.publishRefused[:])
 	st.Published = c.published.Load()
 	st.Expired = c.expired.Load()
+}
+
+// nonZero maps the labels whose counter is above zero to their counts.
+func nonZero(labels []string, counts []atomic.Uint64) map[string]uint64 {
+	m := make(map[string]uint64)
+	for i := range counts {
+		if n := counts[i].Load(); n > 0 {
+			m[labels[i]] = n
+		}
+	}
+	return m
 }
