@@ -22,6 +22,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/herald-ws/herald/engine/push/auth"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // dialStatus upgrades with query and header and returns the HTTP status:
@@ -131,7 +133,7 @@ func TestPublicKeyTokens(t *testing.T) {
 	claims := jwt.MapClaims{"sub": "bob", "exp": time.Now().Add(time.Hour).Unix(), "subscribe": []string{"scores.>"}}
 	rsaPEM := pemPublicKey(t, &rsaKey.PublicKey)
 
-	var logs syncBuffer
+	var logs enginetest.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	hr := startTestHerald(t, heraldConfig{Auth: &auth.Config{PublicKeyPEM: rsaPEM, Logger: log}})
 	he := startTestHerald(t, heraldConfig{Auth: &auth.Config{PublicKeyPEM: pemPublicKey(t, &ecKey.PublicKey)}})

@@ -21,6 +21,8 @@ import (
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/engine/push/auth"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // The demo page in headless Chromium, driven with chromedp: it connects,
@@ -37,7 +39,7 @@ func TestDemoPageInBrowser(t *testing.T) {
 	symbols := []string{"AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA"}
 	ctx, cancel := context.WithCancel(context.Background())
 	demoErr := make(chan error, 1)
-	var demoOut syncBuffer
+	var demoOut enginetest.Buffer
 	go func() {
 		demoErr <- publishDemo(ctx, demoConfig{NATS: "nats://" + natsAddr, Symbols: symbols, Rate: 4}, &demoOut, &demoOut)
 	}()
@@ -453,7 +455,7 @@ func newBrowser(t *testing.T) context.Context {
 	if bin == "" {
 		bin = requireTool(t, "chromium", "apt-get install -y chromium")
 	}
-	var output syncBuffer // Chromium's stdout and stderr, for a failure
+	var output enginetest.Buffer // Chromium's stdout and stderr, for a failure
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(bin),
 		chromedp.DisableGPU,

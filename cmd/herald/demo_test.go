@@ -12,11 +12,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/herald-ws/herald/engine"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // The demo pages' files are served at their names, index.html at /,
@@ -198,7 +199,7 @@ func TestDemoSurvivesHeraldRestart(t *testing.T) {
 	addr, natsAddr := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	demoErr := make(chan error, 1)
-	var demoOut syncBuffer
+	var demoOut enginetest.Buffer
 	go func() {
 		cfg := demoConfig{NATS: "nats://" + natsAddr, Symbols: []string{"AAPL"}, Rate: 50, Wait: 20 * time.Second}
 		demoErr <- publishDemo(ctx, cfg, &demoOut, &demoOut)
@@ -279,26 +280,8 @@ func stopHerald(t testing.TB, h *herald) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer that goroutines may share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitOutput waits until buf holds want, and fails with what it holds.
-func waitOutput(t testing.TB, buf *syncBuffer, want string, bound time.Duration) {
+func waitOutput(t testing.TB, buf *enginetest.Buffer, want string, bound time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(bound)
 	for !strings.Contains(buf.String(), want) {

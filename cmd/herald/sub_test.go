@@ -23,6 +23,8 @@ import (
 
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/push/auth"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // noEnv is an environment without proxy variables.
@@ -30,7 +32,7 @@ func noEnv(string) string { return "" }
 
 // subRun is a herald sub running in this process.
 type subRun struct {
-	stdout, stderr syncBuffer
+	stdout, stderr enginetest.Buffer
 	cancel         context.CancelFunc // Ctrl-C
 	done           chan error
 }
@@ -112,7 +114,7 @@ func TestSubPrintsMessages(t *testing.T) {
 }
 
 // expectSilenceFor checks that buf does not grow for a while.
-func expectSilenceFor(t *testing.T, buf *syncBuffer, wait time.Duration) {
+func expectSilenceFor(t *testing.T, buf *enginetest.Buffer, wait time.Duration) {
 	t.Helper()
 	before := buf.String()
 	time.Sleep(wait)
@@ -174,7 +176,7 @@ func TestSubReportsWhyItStopped(t *testing.T) {
 	}
 
 	// The server going away: exit 1 with its close code and reason.
-	var stdout, stderr syncBuffer
+	var stdout, stderr enginetest.Buffer
 	code := make(chan int, 1)
 	go func() { code <- run([]string{"sub", base + "?channel=x"}, &stdout, &stderr) }()
 	waitOutput(t, &stderr, "connected", 10*time.Second)
@@ -199,7 +201,7 @@ func TestSubCtrlC(t *testing.T) {
 	h := startTestHerald(t, heraldConfig{})
 	cmd := exec.Command(os.Args[0], "--", "sub", "--channel", "sigint.b", "ws://"+h.srv.Addr()+"/ws?channel=sigint.a")
 	cmd.Env = append(os.Environ(), heraldEnv+"=1")
-	var stdout, stderr syncBuffer
+	var stdout, stderr enginetest.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -525,7 +527,7 @@ func startTinyproxy(t *testing.T, extra string) *tinyproxy {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-d", "-c", conf)
-	var out syncBuffer
+	var out enginetest.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,8 @@
 // Package enginetest is the one set of helpers for tests that run a real
-// engine: a server on a free loopback port that stops with the test, and a
-// bounded wait for a condition. It is imported by tests only.
+// engine: a server on a free loopback port that stops with the test, a
+// bounded wait for a condition, and a buffer goroutines may share. It is
+// imported by tests only (and by the test-helper packages of others, such
+// as pubsub/natstest).
 package enginetest
 
 import (

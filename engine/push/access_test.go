@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +16,8 @@ import (
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/engine/push/auth"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // clock is a settable clock shared by the verifier and the hub.
@@ -38,30 +39,13 @@ var testSecret = []byte("0123456789abcdef0123456789abcdef")
 type authServer struct {
 	*testServer
 	clock *clock
-	logs  *syncBuffer
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs  *enginetest.Buffer
 }
 
 func startAuth(t *testing.T, pcfg push.Config) *authServer {
 	t.Helper()
 	clk := newClock()
-	logs := new(syncBuffer)
+	logs := new(enginetest.Buffer)
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	v, err := auth.New(context.Background(), auth.Config{Secret: testSecret, Now: clk.Now, Logger: log, Leeway: -1})
 	if err != nil {

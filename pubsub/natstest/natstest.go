@@ -16,7 +16,6 @@ package natstest
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -30,6 +29,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // readyTimeout bounds how long Start, StartOn and Restart wait for the
@@ -48,7 +49,7 @@ type Server struct {
 	// from the INFO line to be sure the port is held by this process and
 	// not by something that grabbed it meanwhile.
 	name string
-	out  *syncBuffer // stdout and stderr of every run, logged if the test fails
+	out  *enginetest.Buffer // stdout and stderr of every run, logged if the test fails
 
 	mu     sync.Mutex
 	port   int           // fixed once the first run listens
@@ -114,7 +115,7 @@ func start(t testing.TB, port int, config string) *Server {
 	s := &Server{
 		t:      t,
 		name:   fmt.Sprintf("natstest-%d-%d", os.Getpid(), serverSeq.Add(1)),
-		out:    &syncBuffer{},
+		out:    &enginetest.Buffer{},
 		port:   port,
 		config: config,
 	}
@@ -276,22 +277,4 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// syncBuffer collects a process's output while tests read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

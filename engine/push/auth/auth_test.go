@@ -16,20 +16,22 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // verifiers are one Verifier per key source, all with Now at t0 and
 // logging to their own buffer.
 type verifiers struct {
 	hs, rsa, rsaPKCS1, rsaCert, ec, ec384, jwks *Verifier
-	logs                                        map[*Verifier]*syncBuffer
+	logs                                        map[*Verifier]*enginetest.Buffer
 	rsaPEM                                      []byte // the PEM of rsa's key: the bytes of the HMAC confusion attack
 }
 
 func newVerifiers(t *testing.T) *verifiers {
 	t.Helper()
 	k := keys()
-	vs := &verifiers{logs: map[*Verifier]*syncBuffer{}}
+	vs := &verifiers{logs: map[*Verifier]*enginetest.Buffer{}}
 	add := func(cfg Config) *Verifier {
 		v, logs := newVerifier(t, cfg)
 		vs.logs[v] = logs

@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 // t0 is the fixed "now" of the tests.
@@ -133,34 +134,16 @@ func pemPublic(t testing.TB, pub any) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 }
 
-// syncBuffer is a bytes.Buffer for a log handler that goroutines share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newTestLogger logs everything, down to Debug, to w.
-func newTestLogger(w *syncBuffer) *slog.Logger {
+func newTestLogger(w *enginetest.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // newVerifier returns a Verifier for cfg whose Logger writes, at Debug
 // level, to the returned buffer, with Now at t0 unless cfg has a clock.
-func newVerifier(t testing.TB, cfg Config) (*Verifier, *syncBuffer) {
+func newVerifier(t testing.TB, cfg Config) (*Verifier, *enginetest.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &enginetest.Buffer{}
 	cfg.Logger = newTestLogger(logs)
 	if cfg.Now == nil {
 		cfg.Now = newClock(t0).Now

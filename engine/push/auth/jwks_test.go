@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/MicahParks/jwkset"
+
+	"github.com/herald-ws/herald/engine/enginetest"
 )
 
 func reasonOf(err error) string {
@@ -240,7 +242,7 @@ func TestJWKSNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			logs := &syncBuffer{}
+			logs := &enginetest.Buffer{}
 			v, err := New(tt.ctx, Config{JWKSURL: tt.url, Logger: newTestLogger(logs)})
 			if err == nil {
 				v.Close()
