@@ -117,6 +117,27 @@ func TestClientPublishOverNATS(t *testing.T) {
 	if !got["ack"] || !got["own"] {
 		t.Fatalf("got %v", got)
 	}
+
+	// A subject with a line break cannot add a header of its own (nats.go
+	// writes CR and LF in a header value as spaces).
+	tok, err = auth.Mint(secret, "HS256", auth.Claims{Subject: "eve\r\nHerald-Client: forged", Publish: []string{"chat.>"}, Expires: time.Now().Add(time.Hour)}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, conn = dialStatus(t, h, "token="+tok, nil)
+	if code != 101 {
+		t.Fatalf("upgrade answered %d", code)
+	}
+	eve := expectConnected(t, conn)
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"op":"publish","channel":"chat.room1","data":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m, err = backend.NextMsg(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if user := m.Header.Get("Herald-User"); !strings.HasPrefix(user, "eve") || strings.ContainsAny(user, "\r\n") || len(m.Header["Herald-Client"]) != 1 || m.Header.Get("Herald-Client") != eve.Client || len(m.Header) != 2 {
+		t.Fatalf("headers %v", m.Header)
+	}
 }
 
 // Public keys pin their algorithm: RS256 and ES256 tokens are accepted by
