@@ -168,7 +168,7 @@ func TestSubReportsWhyItStopped(t *testing.T) {
 			t.Errorf("herald sub %s: exit %d, stderr %q; want exit 1 and %q", strings.Join(tt.args, " "), code, stderr.String(), tt.want)
 		}
 	}
-	for _, args := range [][]string{{}, {base, "--raw"}, {"--timeout", "0", base}} {
+	for _, args := range [][]string{{}, {base, "--raw"}, {"--timeout", "0", base}, {"--reconnect-min", "0", base}, {"--reconnect-min", "2s", "--reconnect-max", "1s", base}} {
 		var stdout, stderr bytes.Buffer
 		if code := run(append([]string{"sub"}, args...), &stdout, &stderr); code != 2 {
 			t.Errorf("herald sub %s: exit %d, want 2 (usage); stderr %q", strings.Join(args, " "), code, stderr.String())
