@@ -649,3 +649,131 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// herald.js resumes history channels after every reconnect, with no code in
+// the page: against a WebSocket server playing Herald's history contract
+// (seq in envelopes, since and epoch in subscribes, acks with recovered),
+// the demo page sends since and epoch after a forced reconnect and says how
+// many messages were recovered, or that some were lost; a stream recreated
+// (another epoch) restarts the position. A second page checks the API:
+// onmessage's seq, onchannel's {recovered, replayed}, and a pattern
+// resumed from the subjects it covers. The server side of history lands
+// separately; the end-to-end test against Herald with --history comes
+// with it.
+func TestResumeInBrowser(t *testing.T) {
+	browser := newBrowser(t)
+	h := startHistoryServer(t, map[string]string{"/resume-test": resumeTestPage})
+	expectResume := func(c *historyConn, channel string, since uint64, epoch string) historyCommand {
+		t.Helper()
+		cmd := c.command(t)
+		if cmd.Op != "subscribe" || cmd.Channel != channel || cmd.Since == nil || *cmd.Since != since || cmd.Epoch == nil || *cmd.Epoch != epoch {
+			t.Fatalf("herald.js sent %s, want a subscribe to %s with since %d and epoch %q", cmd.raw, channel, since, epoch)
+		}
+		return cmd
+	}
+	price := func(c *historyConn, sym string, seq uint64, px float64) {
+		t.Helper()
+		c.envelope(t, "prices."+sym, seq, fmt.Sprintf(`{"sym":%q,"px":%.2f,"chg":0.5,"ts":%d}`, sym, px, time.Now().UnixMilli()))
+	}
+	page := openPage(t, browser, h.srv.URL+"/")
+
+	c := h.next(t)
+	c.greet(t, "c1")
+	cmd := c.command(t)
+	if cmd.Op != "subscribe" || cmd.Channel != "prices.*" || cmd.Since != nil || cmd.Epoch != nil {
+		t.Fatalf("the first subscribe is %s, want prices.* without since or epoch", cmd.raw)
+	}
+	c.ack(t, cmd, "E1", false)
+	price(c, "AAPL", 1, 187.10)
+	price(c, "MSFT", 2, 410.00)
+	price(c, "AAPL", 3, 187.20)
+	waitBoard(t, page, 10*time.Second, "two symbols on the board", `(b) => b.state === "open" && b.rows.length === 2 && b.updates === 3`)
+	c.close(t, 1012, "service restart")
+
+	// Reconnected: since 3 in epoch E1; three replayed, then the ack and a
+	// live message.
+	c = h.next(t)
+	c.greet(t, "c2")
+	cmd = expectResume(c, "prices.*", 3, "E1")
+	price(c, "AAPL", 4, 187.30)
+	price(c, "MSFT", 5, 411.00)
+	price(c, "NVDA", 6, 140.00)
+	c.ack(t, cmd, "E1", true)
+	price(c, "NVDA", 7, 140.50)
+	waitPage[string](t, page, 10*time.Second, `"recovered 3 messages"`, `document.querySelector("#recovery").hidden ? "" : document.querySelector("#recovery").textContent`,
+		`(text) => text === "Reconnected: recovered 3 messages published while away."`)
+	waitBoard(t, page, 10*time.Second, "every message on the board", `(b) => b.updates === 7 && b.rows.length === 3 && b.reconnects === 1`)
+	screenshot(t, page, "demo-recovered.png")
+	c.close(t, 1001, "server shutting down")
+
+	// The stream was recreated: epoch E2, what it has (seq 1), recovered
+	// false; the next resume starts from the new stream's seq 1.
+	c = h.next(t)
+	c.greet(t, "c3")
+	cmd = expectResume(c, "prices.*", 7, "E1")
+	price(c, "AAPL", 1, 190.00)
+	c.ack(t, cmd, "E2", false)
+	waitPage[string](t, page, 10*time.Second, "the loss to be told", `document.querySelector("#recovery").textContent`,
+		`(text) => text.startsWith("Reconnected: recovered 1 message published while away, but some are no longer stored")`)
+	screenshot(t, page, "demo-recovered-lost.png")
+	c.close(t, 1001, "server shutting down")
+	c = h.next(t)
+	expectResume(c, "prices.*", 1, "E2")
+	if errs := pageExceptions(page); len(errs) > 0 {
+		t.Errorf("the demo page threw:\n%s", strings.Join(errs, "\n"))
+	}
+
+	// The API, on a page of its own: chat.a and chat.*, which covers it.
+	api := openPage(t, browser, h.srv.URL+"/resume-test")
+	c = h.next(t)
+	c.greet(t, "c4")
+	cmds := c.subscribes(t, 2)
+	c.ack(t, cmds["chat.a"], "E", false)
+	c.ack(t, cmds["chat.*"], "E", false)
+	c.envelope(t, "chat.a", 10, `"a10"`)
+	c.envelope(t, "chat.b", 11, `"b11"`)
+	c.send(t, `{"channel":"plain","data":"no seq"}`)
+	waitPage[[]string](t, api, 10*time.Second, "three messages", `messages`, `(m) => m.length === 3`)
+	c.close(t, 1001, "")
+	c = h.next(t)
+	a, star := expectResume(c, "chat.a", 10, "E"), expectResume(c, "chat.*", 11, "E")
+	c.envelope(t, "chat.a", 12, `"a12"`) // replayed for both
+	c.ack(t, a, "E", true)
+	c.ack(t, star, "E", false)
+	got := waitPage[struct{ Messages, Channels []string }](t, api, 10*time.Second, "both resumes answered", `({messages, channels})`,
+		`(v) => v.channels.length === 4`)
+	wantMessages := []string{`chat.a "a10" 10`, `chat.b "b11" 11`, `plain "no seq" undefined`, `chat.a "a12" 12`}
+	wantChannels := []string{`chat.a subscribed {}`, `chat.* subscribed {}`,
+		`chat.a subscribed {"recovered":true,"replayed":1}`, `chat.* subscribed {"recovered":false,"replayed":1}`}
+	if strings.Join(got.Messages, "\n") != strings.Join(wantMessages, "\n") || strings.Join(got.Channels, "\n") != strings.Join(wantChannels, "\n") {
+		t.Errorf("onmessage:\n%s\nonchannel:\n%s\nwant:\n%s\n%s", strings.Join(got.Messages, "\n"), strings.Join(got.Channels, "\n"),
+			strings.Join(wantMessages, "\n"), strings.Join(wantChannels, "\n"))
+	}
+	// Unsubscribed, a channel forgets its position: subscribed again, it
+	// starts live.
+	evaluate(t, api, `client.unsubscribe("chat.a"); client.subscribe("chat.a")`)
+	if cmd := c.command(t); cmd.Op != "unsubscribe" {
+		t.Fatalf("herald.js sent %s, want the unsubscribe", cmd.raw)
+	}
+	if cmd := c.command(t); cmd.Op != "subscribe" || cmd.Since != nil || cmd.Epoch != nil {
+		t.Errorf("subscribed again after an unsubscribe: %s, want no since or epoch", cmd.raw)
+	}
+	if errs := pageExceptions(api); len(errs) > 0 {
+		t.Errorf("the API page threw:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// resumeTestPage is TestResumeInBrowser's API page: a HeraldClient on
+// chat.a and chat.*, with what its callbacks got as lines.
+const resumeTestPage = `<!doctype html>
+<title>resume test</title>
+<script src="/herald.js"></script>
+<script>
+"use strict";
+const messages = [], channels = [];
+const client = new HeraldClient("ws://" + location.host + "/ws", {
+  channels: ["chat.a", "chat.*"], minDelay: 100, maxDelay: 500,
+  onmessage: (channel, data, seq) => messages.push(channel + " " + JSON.stringify(data) + " " + seq),
+  onchannel: (channel, status, info) => channels.push(channel + " " + status + " " + JSON.stringify(info)),
+});
+</script>`

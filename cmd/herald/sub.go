@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -31,13 +32,40 @@ func runSub(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sub", "[flags] URL", `Connects to a Herald WebSocket URL and prints each message as it arrives,
 one a line: CHANNEL DATA for Herald's envelopes, or each message exactly as
 received with --raw. Status lines (connected, subscribed, why the connection
-closed) go to standard error. URL is ws:// or wss:// (http:// and https://
-work too); without a path it is /ws. Channels come from the URL's query
-(?channel=prices.AAPL) and from --channel, subscribed in band once connected.
+closed, reconnects) go to standard error. URL is ws:// or wss:// (http:// and
+https:// work too); without a path it is /ws. Channels come from the URL's
+query (?channel=prices.AAPL) and from --channel, subscribed in band once
+connected.
 
-It answers the server's pings and pings a silent server itself. It exits 0
-on Ctrl-C or a normal close and 1 on anything else, saying why the
-connection closed, e.g. "connection closed: 1008 slow consumer".
+It answers the server's pings and pings a silent server itself. When a
+connection that was up ends (the server restarts, 1001 going away; the
+network drops; 1008 slow consumer), it reconnects with exponential backoff
+and full jitter: after the n-th failure in a row it waits a random time
+between 0 and min(--reconnect-max, --reconnect-min * 2^(n-1)), and at least
+the server's Retry-After (503), up to --reconnect-max; a connection that
+lasted 10s starts the backoff afresh. One line on standard error reports each
+reconnect. A refusal that would come again is final and ends it with exit 1:
+an upgrade answered 400, 401, 403 or 404, a close with 4001 (token expired:
+herald sub cannot renew its token), 4003, or a protocol error, and an in-band
+subscribe refused (forbidden, invalid_channel). So does a first connection
+that fails: a URL that never worked is reported, not retried. It exits 0 on
+Ctrl-C. With --no-reconnect it exits when the connection ends: 0 after a
+normal close, 1 otherwise, saying why, e.g. "connection closed: 1008 slow
+consumer".
+
+History channels (herald serve --history) carry the stream sequence of each
+message, {"channel":"chat.a","seq":1234,"data":...}, and the stream's epoch
+in each subscribe's ack. herald sub keeps, for every channel it follows, the
+highest seq seen and that epoch, and after a reconnect it subscribes each
+channel in band with its own position, {"op":"subscribe","channel":"chat.a",
+"since":1234,"epoch":"E"}, so that nothing published while it was away is
+missed. The reconnect URL keeps the first one's query (token, format, ...)
+but not its channel, since, epoch or last, which apply to every channel of
+a URL alike. Each such subscribe's status line says how many messages were
+replayed; "recovered:false" says that some are lost (no longer stored, or
+the stream was recreated). A channel without a position yet (no message
+seen) resumes live only, or with the latest messages if the URL had last=1.
+With ?format=raw no seq is seen and nothing is resumed.
 
 Proxies: ws:// URLs go through HTTP_PROXY and wss:// through HTTPS_PROXY
 (or http_proxy, https_proxy) unless NO_PROXY names the host, as in Go's
@@ -48,6 +76,7 @@ CONNECT, with Basic credentials if the proxy URL has them.
 Examples:
   herald sub 'ws://127.0.0.1:8080/ws?channel=prices.*'
   herald sub --channel prices.AAPL --channel prices.MSFT ws://127.0.0.1:8080
+  herald sub 'ws://127.0.0.1:8080/ws?channel=chat.lobby&since=1234&epoch=E'
   herald sub --proxy http://user:pass@proxy.internal:3128 wss://push.example.com/ws`, stderr)
 	var channels []string
 	fs.Func("channel", "subscribe to `NAME` in band once connected (repeat for more)", func(ch string) error {
@@ -59,6 +88,9 @@ Examples:
 	timeout := fs.Duration("timeout", 10*time.Second, "give up connecting (TCP, proxy, TLS and WebSocket handshake) after this long")
 	token := fs.String("token", "", "JWT to authenticate with, sent as Authorization: Bearer (so it stays out of URLs and proxy logs); mint one for development with herald token")
 	ping := fs.Duration("ping", 30*time.Second, "ping the server after this long without hearing from it, and give up after twice as long; 0 never pings")
+	noReconnect := fs.Bool("no-reconnect", false, "exit when the connection ends instead of reconnecting")
+	reconnectMin := fs.Duration("reconnect-min", 500*time.Millisecond, "the backoff's first ceiling: the first reconnect waits up to this long, the n-th up to 2^(n-1) times it")
+	reconnectMax := fs.Duration("reconnect-max", 30*time.Second, "the longest wait between two reconnects")
 	// Flags come before the URL: parseArgs returns what follows them.
 	positional, err := parseArgs(fs, args)
 	if err != nil {
@@ -80,17 +112,24 @@ Examples:
 		fmt.Fprintln(stderr, "--timeout must be positive and --ping zero or more")
 		return errUsage
 	}
+	if *reconnectMin <= 0 || *reconnectMax < *reconnectMin {
+		fmt.Fprintln(stderr, "--reconnect-min must be positive and --reconnect-max at least --reconnect-min")
+		return errUsage
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return subscribe(ctx, subConfig{
-		URL:      positional[0],
-		Channels: channels,
-		Raw:      *raw,
-		Proxy:    *proxy,
-		Timeout:  *timeout,
-		Ping:     *ping,
-		Token:    *token,
-		Getenv:   os.Getenv,
+		URL:          positional[0],
+		Channels:     channels,
+		Raw:          *raw,
+		Proxy:        *proxy,
+		Timeout:      *timeout,
+		Ping:         *ping,
+		Token:        *token,
+		Getenv:       os.Getenv,
+		NoReconnect:  *noReconnect,
+		ReconnectMin: *reconnectMin,
+		ReconnectMax: *reconnectMax,
 	}, stdout, stderr)
 }
 
@@ -104,12 +143,24 @@ type subConfig struct {
 	Ping     time.Duration       // 0: never ping
 	Token    string              // sent as Authorization: Bearer; "" for none
 	Getenv   func(string) string // reads the proxy variables, on every call
+
+	NoReconnect  bool          // exit when the connection ends
+	ReconnectMin time.Duration // the backoff's first ceiling; 0 is 500ms
+	ReconnectMax time.Duration // the longest wait; 0 is 30s
 }
 
-// subscribe connects, subscribes and prints messages until the connection
-// closes or ctx ends (Ctrl-C). It returns nil after a normal close or a
-// cancelled ctx, else an error that says why the connection ended.
+// subscribe connects, subscribes and prints messages until ctx ends
+// (Ctrl-C), reconnecting and resuming every channel where it was after a
+// connection ends, unless cfg.NoReconnect. It returns nil after Ctrl-C
+// (and with NoReconnect after a normal close), else an error that says why
+// it gave up.
 func subscribe(ctx context.Context, cfg subConfig, stdout, stderr io.Writer) error {
+	if cfg.ReconnectMin <= 0 {
+		cfg.ReconnectMin = 500 * time.Millisecond
+	}
+	if cfg.ReconnectMax < cfg.ReconnectMin {
+		cfg.ReconnectMax = max(30*time.Second, cfg.ReconnectMin)
+	}
 	target, err := wsURL(cfg.URL)
 	if err != nil {
 		return err
@@ -132,44 +183,79 @@ func subscribe(ctx context.Context, cfg subConfig, stdout, stderr io.Writer) err
 	if cfg.Token != "" {
 		header = http.Header{"Authorization": {"Bearer " + cfg.Token}}
 	}
-	conn, resp, err := dialer.DialContext(ctx, target.String(), header)
-	if err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(stderr, "interrupted before connecting")
-			return nil
-		}
-		if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			return fmt.Errorf("%s refused the WebSocket upgrade: %s: %s", bench.RedactURL(target.String()), resp.Status, bytes.TrimSpace(body))
-		}
-		return fmt.Errorf("connect to %s: %w", bench.RedactURL(target.String()), err)
-	}
-	defer conn.Close()
 	via := ""
 	if proxy != nil {
 		via = " through proxy " + proxy.Redacted()
 	}
-	fmt.Fprintf(stderr, "connected to %s%s\n", bench.RedactURL(target.String()), via)
-
-	s := &subSession{conn: conn, cfg: cfg, stdout: stdout, stderr: stderr, pending: make(map[string]string)}
-	for i, ch := range cfg.Channels {
-		id := strconv.Itoa(i + 1)
-		s.pending[id] = ch
-		cmd, _ := json.Marshal(subCommand{Op: "subscribe", Channel: ch, ID: id})
-		_ = conn.SetWriteDeadline(time.Now().Add(cfg.Timeout))
-		if err := conn.WriteMessage(websocket.TextMessage, cmd); err != nil {
-			return fmt.Errorf("subscribe %q: %w", ch, err)
+	chans := newSubChannels(target, cfg.Channels)
+	track := !rawFormat(target)
+	again := reconnectURL(target)
+	failures := 0 // in a row
+	for first := true; ; first = false {
+		u := target
+		if !first {
+			u = again
+		}
+		conn, resp, err := dialer.DialContext(ctx, u.String(), header)
+		if err == nil {
+			fmt.Fprintf(stderr, "connected to %s%s\n", bench.RedactURL(u.String()), via)
+			s := &subSession{conn: conn, cfg: cfg, stdout: stdout, stderr: stderr, chans: chans, track: track}
+			up := time.Now()
+			err = s.start(ctx, first, first && urlAcks(target))
+			conn.Close()
+			if err == nil || cfg.NoReconnect {
+				return err
+			}
+			if time.Since(up) >= stableAfter {
+				failures = 0
+			}
+		} else {
+			if ctx.Err() != nil {
+				fmt.Fprintln(stderr, "interrupted before connecting")
+				return nil
+			}
+			err = classifyDial(dialError(u, resp, err))
+			if first || cfg.NoReconnect {
+				return err
+			}
+		}
+		var te *transientError
+		if !errors.As(err, &te) {
+			return err
+		}
+		failures++
+		delay := reconnectDelay(failures, cfg.ReconnectMin, cfg.ReconnectMax, te.retryAfter, rand.Float64())
+		fmt.Fprintf(stderr, "%v; reconnecting in %v (attempt %d)\n", err, delay.Round(time.Millisecond), failures)
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(stderr, "interrupted while waiting to reconnect")
+			return nil
+		case <-time.After(delay):
 		}
 	}
-	_ = conn.SetWriteDeadline(time.Time{})
-	return s.run(ctx)
+}
+
+// dialError says why connecting to u failed.
+func dialError(u *url.URL, resp *http.Response, err error) error {
+	if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return &httpRefusal{
+			msg:        fmt.Sprintf("%s refused the WebSocket upgrade: %s: %s", bench.RedactURL(u.String()), resp.Status, bytes.TrimSpace(body)),
+			status:     resp.StatusCode,
+			retryAfter: retryAfter(resp.Header.Get("Retry-After")),
+		}
+	}
+	return fmt.Errorf("connect to %s: %w", bench.RedactURL(u.String()), err)
 }
 
 // subCommand is an in-band request to Herald.
 type subCommand struct {
-	Op      string `json:"op"`
-	Channel string `json:"channel"`
-	ID      string `json:"id"`
+	Op      string  `json:"op"`
+	Channel string  `json:"channel"`
+	Since   *uint64 `json:"since,omitempty"`
+	Epoch   string  `json:"epoch,omitempty"`
+	Last    bool    `json:"last,omitempty"`
+	ID      string  `json:"id"`
 }
 
 // subSession is one connection of herald sub.
@@ -177,12 +263,48 @@ type subSession struct {
 	conn           *websocket.Conn
 	cfg            subConfig
 	stdout, stderr io.Writer
-	pending        map[string]string // id -> channel of unanswered subscribes
-	greeted        bool              // the connected frame came
+	chans          []*subChannel          // every channel followed, kept from one connection to the next
+	track          bool                   // JSON format: envelopes carry channel and seq
+	pending        map[string]*subChannel // id -> channel of unanswered in-band subscribes
+	pendingURL     map[string]*subChannel // name -> URL channel whose id-less ack is awaited
+	greeted        bool                   // the connected frame came
 	line           []byte
 	compact        bytes.Buffer
+	reached        []*subChannel
 	lastHeard      atomic.Int64 // Unix ns of the last frame from the server
 	interrupted    atomic.Bool  // we closed: on Ctrl-C
+}
+
+// start subscribes in band and reads until the connection ends. On the
+// first connection the URL subscribes its own channels (Herald acks them
+// without an id when the URL has since or last: awaitURL) and --channel's
+// are subscribed in band; on a reconnect every channel is subscribed in
+// band, from its position.
+func (s *subSession) start(ctx context.Context, first, awaitURL bool) error {
+	s.pending = make(map[string]*subChannel)
+	s.pendingURL = make(map[string]*subChannel)
+	inBand := s.chans
+	if first {
+		urlChans := s.chans[:len(s.chans)-len(s.cfg.Channels)]
+		for _, ch := range urlChans {
+			if awaitURL {
+				ch.waitAck()
+				s.pendingURL[ch.name] = ch
+			}
+		}
+		inBand = s.chans[len(urlChans):]
+	}
+	_ = s.conn.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
+	for i, ch := range inBand {
+		id := strconv.Itoa(i + 1)
+		s.pending[id] = ch
+		cmd, _ := json.Marshal(ch.resubscribe(id))
+		if err := s.conn.WriteMessage(websocket.TextMessage, cmd); err != nil {
+			return transient(fmt.Errorf("subscribe %q: %w", ch.name, err), 0)
+		}
+	}
+	_ = s.conn.SetWriteDeadline(time.Time{})
+	return s.run(ctx)
 }
 
 // run reads until the connection ends, while a second goroutine closes it
@@ -251,6 +373,21 @@ func (s *subSession) watch(ctx context.Context, done <-chan struct{}) {
 	}
 }
 
+// subFrame is what herald sub reads of a frame from Herald: an envelope
+// {"channel":C,"seq":N,"data":D}, or an answer {"op":"ack","id":I,
+// "channel":C,"recovered":true,"epoch":E} or {"op":"error",...}.
+type subFrame struct {
+	Op        string          `json:"op"`
+	ID        json.RawMessage `json:"id"`
+	Channel   *string         `json:"channel"`
+	Seq       *uint64         `json:"seq"`
+	Data      json.RawMessage `json:"data"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+	Recovered *bool           `json:"recovered"`
+	Epoch     *string         `json:"epoch"`
+}
+
 // handle prints one message, or takes it as the answer to a subscribe.
 func (s *subSession) handle(kind int, msg []byte) error {
 	if !s.greeted && kind == websocket.TextMessage && bytes.HasPrefix(msg, []byte(`{"op":"connected"`)) {
@@ -269,28 +406,33 @@ func (s *subSession) handle(kind int, msg []byte) error {
 		}
 		return nil
 	}
-	if len(s.pending) > 0 && kind == websocket.TextMessage {
-		var reply struct {
-			Op, Code, Message string
-			ID                json.RawMessage
-		}
-		var id string
-		if json.Unmarshal(msg, &reply) == nil && (reply.Op == "ack" || reply.Op == "error") && json.Unmarshal(reply.ID, &id) == nil {
-			if ch, ok := s.pending[id]; ok {
-				delete(s.pending, id)
-				if reply.Op == "error" {
-					return fmt.Errorf("subscribe %q: %s: %s", ch, reply.Code, reply.Message)
+	var f subFrame
+	parsed := kind == websocket.TextMessage && json.Unmarshal(msg, &f) == nil
+	if parsed && (f.Op == "ack" || f.Op == "error") {
+		if ch := s.answered(&f); ch != nil {
+			if f.Op == "error" {
+				err := fmt.Errorf("subscribe %q: %s: %s", ch.name, f.Code, f.Message)
+				if f.Code == "unavailable" { // Herald's NATS is down: it may be back on the next connection
+					return transient(err, 0)
 				}
-				fmt.Fprintf(s.stderr, "subscribed to %s\n", ch)
-				return nil
+				return err
 			}
+			ch.acked(f.Epoch)
+			fmt.Fprintln(s.stderr, ch.status(f.Recovered))
+			return nil
+		}
+	}
+	if s.track && parsed && f.Op == "" && f.Channel != nil && f.Seq != nil {
+		s.reached = covering(s.chans, *f.Channel, s.reached[:0])
+		for _, ch := range s.reached {
+			ch.saw(*f.Seq)
 		}
 	}
 	line := s.line[:0]
-	if s.cfg.Raw {
+	if s.cfg.Raw || !s.track || !parsed { // with ?format=raw each message is a bare payload
 		line = append(line, msg...)
 	} else {
-		line = s.appendEnvelope(line, kind, msg)
+		line = s.appendEnvelope(line, &f, msg)
 	}
 	line = append(line, '\n')
 	s.line = line
@@ -298,43 +440,67 @@ func (s *subSession) handle(kind int, msg []byte) error {
 	return err
 }
 
+// answered returns the channel whose subscribe f answers, if any: an
+// in-band one by its id, a URL one by its channel.
+func (s *subSession) answered(f *subFrame) *subChannel {
+	if len(f.ID) > 0 {
+		var id string
+		if json.Unmarshal(f.ID, &id) != nil {
+			return nil
+		}
+		ch := s.pending[id]
+		delete(s.pending, id)
+		return ch
+	}
+	if f.Channel == nil {
+		return nil
+	}
+	ch := s.pendingURL[*f.Channel]
+	delete(s.pendingURL, *f.Channel)
+	return ch
+}
+
 // appendEnvelope appends Herald's {"channel":C,"data":D} as C D, with D on
 // one line; anything else as it came.
-func (s *subSession) appendEnvelope(dst []byte, kind int, msg []byte) []byte {
-	var env struct {
-		Channel *string         `json:"channel"`
-		Data    json.RawMessage `json:"data"`
-	}
-	if kind != websocket.TextMessage || json.Unmarshal(msg, &env) != nil || env.Channel == nil || env.Data == nil {
+func (s *subSession) appendEnvelope(dst []byte, f *subFrame, msg []byte) []byte {
+	if f.Op != "" || f.Channel == nil || f.Data == nil {
 		return append(dst, msg...)
 	}
 	s.compact.Reset()
-	if json.Compact(&s.compact, env.Data) != nil {
+	if json.Compact(&s.compact, f.Data) != nil {
 		return append(dst, msg...)
 	}
-	dst = append(dst, *env.Channel...)
+	dst = append(dst, *f.Channel...)
 	dst = append(dst, ' ')
 	return append(dst, s.compact.Bytes()...)
 }
 
-// ended reports why the connection ended: nil for a normal close or one we
-// started on Ctrl-C, else an error that says why.
+// ended says why the connection ended: nil for one we closed on Ctrl-C, or
+// with --no-reconnect for a normal close; else an error, transient unless
+// the close code says that another connection would be closed the same way.
 func (s *subSession) ended(err error) error {
 	var ce *websocket.CloseError
 	var ne net.Error
 	switch {
-	case errors.As(err, &ce) && (ce.Code == websocket.CloseNormalClosure || s.interrupted.Load()):
+	case s.interrupted.Load() && errors.As(err, &ce):
 		fmt.Fprintf(s.stderr, "connection closed: %s\n", closeReason(ce.Code, ce.Text))
 		return nil
 	case s.interrupted.Load():
 		fmt.Fprintln(s.stderr, "connection closed: the server did not answer our close frame")
 		return nil
+	case errors.As(err, &ce) && ce.Code == websocket.CloseNormalClosure && s.cfg.NoReconnect:
+		fmt.Fprintf(s.stderr, "connection closed: %s\n", closeReason(ce.Code, ce.Text))
+		return nil
 	case errors.As(err, &ce):
-		return errors.New("connection closed: " + closeReason(ce.Code, ce.Text))
+		closed := "connection closed: " + closeReason(ce.Code, ce.Text)
+		if hint, final := finalCloseCodes[ce.Code]; final {
+			return errors.New(closed + hint)
+		}
+		return transient(errors.New(closed), 0)
 	case errors.As(err, &ne) && ne.Timeout():
-		return fmt.Errorf("connection closed: nothing from the server for %v, not even a pong", 2*s.cfg.Ping)
+		return transient(fmt.Errorf("connection closed: nothing from the server for %v, not even a pong", 2*s.cfg.Ping), 0)
 	}
-	return fmt.Errorf("connection closed: %s: %v", closeReason(websocket.CloseAbnormalClosure, ""), err)
+	return transient(fmt.Errorf("connection closed: %s: %v", closeReason(websocket.CloseAbnormalClosure, ""), err), 0)
 }
 
 // closeReason is a close code with the server's reason, or the code's name
@@ -530,7 +696,11 @@ func dialProxy(ctx context.Context, proxy *url.URL, addr string) (net.Conn, erro
 		return nil, fmt.Errorf("proxy %s: CONNECT %s: %w", proxyAddr, addr, err)
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		conn.Close()
-		return nil, fmt.Errorf("proxy %s refused CONNECT %s: %s", proxyAddr, addr, resp.Status)
+		return nil, &httpRefusal{
+			msg:        fmt.Sprintf("proxy %s refused CONNECT %s: %s", proxyAddr, addr, resp.Status),
+			status:     resp.StatusCode, // 502 or 503 when it cannot reach the server: transient
+			retryAfter: retryAfter(resp.Header.Get("Retry-After")),
+		}
 	case br.Buffered() > 0:
 		// The tunnel's first bytes came with the proxy's answer.
 		return &bufferedConn{Conn: conn, r: br}, nil

@@ -168,17 +168,18 @@ func TestSubReportsWhyItStopped(t *testing.T) {
 			t.Errorf("herald sub %s: exit %d, stderr %q; want exit 1 and %q", strings.Join(tt.args, " "), code, stderr.String(), tt.want)
 		}
 	}
-	for _, args := range [][]string{{}, {base, "--raw"}, {"--timeout", "0", base}} {
+	for _, args := range [][]string{{}, {base, "--raw"}, {"--timeout", "0", base}, {"--reconnect-min", "0", base}, {"--reconnect-min", "2s", "--reconnect-max", "1s", base}} {
 		var stdout, stderr bytes.Buffer
 		if code := run(append([]string{"sub"}, args...), &stdout, &stderr); code != 2 {
 			t.Errorf("herald sub %s: exit %d, want 2 (usage); stderr %q", strings.Join(args, " "), code, stderr.String())
 		}
 	}
 
-	// The server going away: exit 1 with its close code and reason.
+	// With --no-reconnect, the server going away: exit 1 with its close
+	// code and reason.
 	var stdout, stderr enginetest.Buffer
 	code := make(chan int, 1)
-	go func() { code <- run([]string{"sub", base + "?channel=x"}, &stdout, &stderr) }()
+	go func() { code <- run([]string{"sub", "--no-reconnect", base + "?channel=x"}, &stdout, &stderr) }()
 	waitOutput(t, &stderr, "connected", 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -247,7 +248,8 @@ func TestSubAnswersPings(t *testing.T) {
 	waitOutput(t, &s.stdout, "ping.a 1\n", 10*time.Second)
 }
 
-// A server that stops answering is given up after twice --ping.
+// A server that stops answering is given up after twice --ping (and
+// with --no-reconnect, herald sub exits).
 func TestSubGivesUpOnSilentServer(t *testing.T) {
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -260,7 +262,7 @@ func TestSubGivesUpOnSilentServer(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	s := startSub(t, subConfig{URL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", Ping: 100 * time.Millisecond})
+	s := startSub(t, subConfig{URL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", Ping: 100 * time.Millisecond, NoReconnect: true})
 	err := s.wait(t, 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "nothing from the server for 200ms") {
 		t.Fatalf("got %v, want the silent server given up", err)

@@ -32,6 +32,7 @@ const view = {
   updatesSinceOpen: 0,
   rate: 0,
   latencies: [], // the latest ones, for the percentiles in the footer
+  recovery: null, // after a reconnect on history channels: { messages, lost }
   rows: new Map(), // symbol -> { tr, cells, px, count }
 };
 
@@ -48,13 +49,23 @@ client = new HeraldClient(url, {
       view.everOpen = true;
       view.openSince = Date.now();
       view.updatesSinceOpen = 0;
+      view.recovery = null;
     }
     if (state === "waiting") view.retryAt = Date.now() + info.delay;
     // Later attempts fail with 1006 (no connection); keep why the good one ended.
     if (state === "waiting" && info.wasOpen) view.lostWith = `${info.code}${info.reason ? " " + info.reason : ""}`;
     render();
   },
-  onchannel: render,
+  onchannel(channel, status, { recovered, replayed }) {
+    // On history channels (herald serve --history 'prices.>') herald.js
+    // resumes after a reconnect, and Herald replays what was missed.
+    if (recovered !== undefined) {
+      view.recovery ??= { messages: 0, lost: false };
+      view.recovery.messages += replayed;
+      view.recovery.lost ||= !recovered;
+    }
+    render();
+  },
   onmessage: showPrice,
 });
 
@@ -145,6 +156,16 @@ function render() {
     box.dataset.html = notice;
     box.innerHTML = notice;
     box.hidden = notice === "";
+  }
+
+  const recovery = $("#recovery");
+  recovery.hidden = view.recovery === null;
+  if (view.recovery !== null) {
+    const { messages, lost } = view.recovery;
+    recovery.textContent =
+      `Reconnected: recovered ${messages} message${messages === 1 ? "" : "s"} published while away` +
+      (lost ? ", but some are no longer stored: the board may miss updates until they come again." : ".");
+    recovery.className = lost ? "notice" : "notice ok";
   }
 
   const sorted = [...view.latencies].sort((a, b) => a - b);

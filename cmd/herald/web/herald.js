@@ -2,12 +2,15 @@
 //
 //   const client = new HeraldClient("ws://127.0.0.1:8080/ws", {
 //     channels: ["prices.*"],
-//     onmessage: (channel, data) => console.log(channel, data),
+//     onmessage: (channel, data, seq) => console.log(channel, data),
 //   });
 //
 // Channels are subscribed in band, {"op":"subscribe"}, so that each one gets
 // an answer (onchannel) and all of them are subscribed again after every
-// reconnect. A lost connection is retried with exponential backoff and full
+// reconnect. On a history channel (herald serve --history) each message
+// carries its stream sequence, seq, and each subscribe's ack the stream's
+// epoch: the client keeps both for every channel and subscribes again with
+// {"since":seq,"epoch":epoch}, so that Herald first replays what was missed. A lost connection is retried with exponential backoff and full
 // jitter: after the n-th failure in a row it waits a random time between 0
 // and min(maxDelay, minDelay * 2^n), so that the thousands of pages one
 // server restart cuts off do not all come back in the same instant.
@@ -21,6 +24,7 @@ class HeraldClient {
     this.url = url;
     this.options = { minDelay: 500, maxDelay: 30000, heartbeat: 20000, ...options };
     this.channels = new Map(); // channel -> "pending", "subscribed" or an error
+    this.positions = new Map(); // channel -> { seq, epoch, ... } on history channels
     this.pending = new Map(); // request id -> the function its answer goes to
     this.lastId = 0;
     this.attempt = 0; // failed connections since the last good one
@@ -34,11 +38,15 @@ class HeraldClient {
 
   subscribe(channel) {
     this.channels.set(channel, "pending");
-    this._send({ op: "subscribe", channel, id: channel });
+    const pos = this.positions.get(channel);
+    const resume = pos?.seq !== undefined ? { since: pos.seq, epoch: pos.epoch } : {};
+    if (pos) Object.assign(pos, { resuming: "since" in resume, replayed: 0, replayMax: 0 });
+    this._send({ op: "subscribe", channel, id: channel, ...resume });
   }
 
   unsubscribe(channel) {
     this.channels.delete(channel);
+    this.positions.delete(channel);
     this._send({ op: "unsubscribe", channel });
   }
 
@@ -119,10 +127,56 @@ class HeraldClient {
       if (channel === undefined || !this.channels.has(channel)) return;
       const status = msg.op === "ack" ? "subscribed" : `${msg.code}: ${msg.message}`;
       this.channels.set(channel, status);
-      this._emit("onchannel", channel, status);
+      this._emit("onchannel", channel, status, msg.op === "ack" ? this._resumed(channel, msg) : {});
     } else if (msg.op === undefined) {
-      this._emit("onmessage", msg.channel, msg.data);
+      if (typeof msg.channel === "string" && Number.isSafeInteger(msg.seq)) this._saw(msg.channel, msg.seq);
+      this._emit("onmessage", msg.channel, msg.data, msg.seq);
     }
+  }
+
+  // _saw moves the position of every channel that a message on subject
+  // reached to its seq; before a subscribe's ack it is part of the replay.
+  _saw(subject, seq) {
+    for (const [channel, status] of this.channels) {
+      if (!this._covers(channel, subject)) continue;
+      const pos = this.positions.get(channel) ?? { replayed: 0, replayMax: 0 };
+      this.positions.set(channel, pos);
+      pos.seq = Math.max(pos.seq ?? 0, seq);
+      if (status === "pending") {
+        pos.replayed++;
+        pos.replayMax = Math.max(pos.replayMax, seq);
+      }
+    }
+  }
+
+  // _resumed takes the epoch of a subscribe's ack and returns what
+  // onchannel reports of it: {recovered, replayed} for a resume, where
+  // recovered false means that some messages are lost, {} otherwise. A
+  // resume answered with another epoch found a recreated stream, whose
+  // sequences started again: the position is the replay's last message.
+  _resumed(channel, { epoch, recovered }) {
+    const pos = this.positions.get(channel);
+    if (!pos) {
+      if (epoch !== undefined) this.positions.set(channel, { epoch, replayed: 0, replayMax: 0 });
+      return {};
+    }
+    const { resuming } = pos;
+    pos.resuming = false;
+    if (resuming && pos.epoch !== undefined && epoch !== undefined && epoch !== pos.epoch) pos.seq = pos.replayMax;
+    if (epoch !== undefined) pos.epoch = epoch;
+    return resuming ? { recovered, replayed: pos.replayed } : {};
+  }
+
+  // _covers reports whether channel, a subject or a pattern (* is one
+  // token, > the rest), covers subject.
+  _covers(channel, subject) {
+    if (channel === subject) return true;
+    const p = channel.split("."), s = subject.split(".");
+    for (let i = 0; i < p.length; i++) {
+      if (p[i] === ">") return i < s.length;
+      if (i >= s.length || (p[i] !== "*" && p[i] !== s[i])) return false;
+    }
+    return p.length === s.length;
   }
 
   // _refreshLater plans the next refresh: at 80 to 90% of the token's life
