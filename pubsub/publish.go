@@ -16,20 +16,26 @@ import (
 // health checks. subject must be a concrete channel (no wildcards); an
 // invalid one is a *channel.Error and nothing is sent.
 //
+// sec authenticates and secures the connection as for Start.
+//
 // Unlike Start it does not retry: an unreachable server fails at once with
 // an error naming natsURL (passwords redacted). timeout bounds the whole call,
 // connecting to every URL included. A nil error means the server accepted
 // the message; whether anyone was subscribed is not known.
-func PublishOnce(natsURL, subject string, data []byte, timeout time.Duration) error {
+func PublishOnce(natsURL string, sec Security, subject string, data []byte, timeout time.Duration) error {
 	if err := channel.Validate(subject, false); err != nil {
 		return fmt.Errorf("pubsub: publish to %q: %w", subject, err)
 	}
 	if timeout <= 0 {
 		return fmt.Errorf("pubsub: publish: timeout %v is not positive", timeout)
 	}
+	secure, err := sec.options()
+	if err != nil {
+		return fmt.Errorf("pubsub: publish: %w", err)
+	}
 	deadline := time.Now().Add(timeout)
 	logURL := redactURLs(natsURL)
-	nc, err := nats.Connect(natsURL,
+	nc, err := nats.Connect(natsURL, append(secure,
 		nats.Name("herald pub"),
 		nats.NoReconnect(),
 		nats.Timeout(timeout),
@@ -39,7 +45,7 @@ func PublishOnce(natsURL, subject string, data []byte, timeout time.Duration) er
 		// Errors about the publish are returned from nc.LastError; without
 		// a handler nats.go would also print them to stderr.
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
-	)
+	)...)
 	if err != nil {
 		return fmt.Errorf("pubsub: connect to nats %s: %w", logURL, withoutURL(err))
 	}

@@ -34,7 +34,7 @@ func TestPublishOnce(t *testing.T) {
 		{"not utf-8 safe for a control line", "prices.crlf", []byte("PUB x 1\r\n")},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := PublishOnce(srv.URL(), tt.subject, tt.data, 5*time.Second); err != nil {
+			if err := PublishOnce(srv.URL(), Security{}, tt.subject, tt.data, 5*time.Second); err != nil {
 				t.Fatalf("PublishOnce: %v", err)
 			}
 			m, err := sub.NextMsg(waitTimeout)
@@ -70,7 +70,7 @@ func TestPublishOnceUnreachable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now()
-			err := PublishOnce(tt.url, "prices.AAPL", []byte("x"), timeout)
+			err := PublishOnce(tt.url, Security{}, "prices.AAPL", []byte("x"), timeout)
 			took := time.Since(start)
 			if err == nil {
 				t.Fatal("PublishOnce succeeded with no server")
@@ -129,7 +129,7 @@ func TestPublishOnceServerRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := PublishOnce(tt.url, tt.subject, tt.data, 5*time.Second)
+			err := PublishOnce(tt.url, Security{}, tt.subject, tt.data, 5*time.Second)
 			if !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
 				t.Fatalf("PublishOnce = %v, want %v", err, tt.want)
 			}
@@ -153,7 +153,7 @@ func TestPublishOnceRefusesBadArguments(t *testing.T) {
 		"a b":      channel.CodeInvalidChannel,
 	} {
 		start := time.Now()
-		err := PublishOnce(url, subject, []byte("x"), 5*time.Second)
+		err := PublishOnce(url, Security{}, subject, []byte("x"), 5*time.Second)
 		var ce *channel.Error
 		if !errors.As(err, &ce) || ce.Code != code {
 			t.Errorf("PublishOnce(%q) = %v, want a ChannelError %s", subject, err, code)
@@ -163,7 +163,7 @@ func TestPublishOnceRefusesBadArguments(t *testing.T) {
 		}
 	}
 	for _, timeout := range []time.Duration{0, -time.Second} {
-		if err := PublishOnce(url, "ok", nil, timeout); err == nil || !strings.Contains(err.Error(), "timeout") {
+		if err := PublishOnce(url, Security{}, "ok", nil, timeout); err == nil || !strings.Contains(err.Error(), "timeout") {
 			t.Errorf("timeout %v: err = %v", timeout, err)
 		}
 	}

@@ -93,6 +93,10 @@ type Config struct {
 	// URL is an external NATS server or cluster (comma-separated URLs).
 	// Empty means: start an embedded server.
 	URL string
+	// Security authenticates Herald to the external NATS and secures the
+	// link (credentials, nkey, TLS). Only with URL: the embedded server
+	// needs none.
+	Security Security
 	// Listen is the embedded server's client listen address, "host:port".
 	// Default DefaultListen. Port 0 or -1 picks a free port (tests).
 	// Ignored when URL is set.
@@ -222,6 +226,9 @@ type Broker struct {
 	upMu  sync.Mutex
 	up    atomic.Bool
 	upSet bool
+	// server is the NATS server of the current (or last) connection, set by
+	// the connection callbacks for the same reason as up.
+	server atomic.Pointer[ServerInfo]
 
 	// mu guards the subscriptions callers see and the worker's queue. It is
 	// never held across a nats.go call.
@@ -358,6 +365,15 @@ func Start(cfg Config) (*Broker, error) {
 		nats.ReconnectErrHandler(b.onReconnectErr),
 	}
 
+	if cfg.URL == "" && !cfg.Security.IsZero() {
+		return nil, errors.New("pubsub: NATS credentials and TLS settings are for an external NATS: give its URL too")
+	}
+	secure, err := cfg.Security.options()
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: %w", err)
+	}
+	opts = append(opts, secure...)
+
 	if cfg.URL == "" {
 		listen := cfg.Listen
 		if listen == "" {
@@ -397,6 +413,9 @@ func Start(cfg Config) (*Broker, error) {
 	b.upMu.Lock()
 	if !b.upSet {
 		b.up.Store(b.nc.IsConnected())
+		if b.nc.IsConnected() {
+			b.noteServer(b.nc)
+		}
 	}
 	b.upMu.Unlock()
 	go b.sweepDrops()
@@ -563,10 +582,42 @@ func waitUntil(done <-chan struct{}, deadline time.Time) bool {
 // Config.URL as given for an external server.
 func (b *Broker) ClientURL() string { return b.clientURL }
 
+// RedactedURL is ClientURL with passwords and tokens hidden: the one to
+// print and log.
+func (b *Broker) RedactedURL() string { return b.logURL }
+
 // Connected reports whether the NATS connection is up, as nats.go's
 // connection callbacks last reported it. It never calls nats.go, so it does
 // not block while nats.go dials during a reconnect.
 func (b *Broker) Connected() bool { return b.up.Load() }
+
+// ServerInfo names a NATS server the way it announced itself.
+type ServerInfo struct {
+	// URL is the address Herald dialed, its password or token redacted
+	// (nats.go's own redaction keeps a bare token).
+	URL string
+	// Name is the server's server_name, and Cluster its cluster's name
+	// ("" outside a cluster).
+	Name, Cluster string
+}
+
+// Server is the NATS server Herald is connected to, or was connected to
+// last while Connected is false; zero before the first connection. It does
+// not call nats.go, so it is safe on an event loop.
+func (b *Broker) Server() ServerInfo {
+	if s := b.server.Load(); s != nil {
+		return *s
+	}
+	return ServerInfo{}
+}
+
+// noteServer records which server nc is connected to. It runs on nats.go's
+// callback goroutine (or in Start), never on a loop: it takes nc's lock.
+func (b *Broker) noteServer(nc *nats.Conn) ServerInfo {
+	s := ServerInfo{URL: redactURLs(nc.ConnectedUrl()), Name: nc.ConnectedServerName(), Cluster: nc.ConnectedClusterName()}
+	b.server.Store(&s)
+	return s
+}
 
 // Publish publishes data on subject, which must be a valid concrete channel
 // (no wildcards). While disconnected, nats.go buffers publishes (up to its
@@ -617,7 +668,8 @@ func (b *Broker) onConnect(nc *nats.Conn) {
 	b.forgetViolations()
 	b.setUp(true)
 	b.kick() // subscriptions made before the first connection can go live
-	b.log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
+	s := b.noteServer(nc)
+	b.log.Info("nats connected", "url", s.URL, "server", s.Name, "cluster", s.Cluster)
 }
 
 func (b *Broker) onDisconnect(nc *nats.Conn, err error) {
@@ -636,7 +688,8 @@ func (b *Broker) onReconnect(nc *nats.Conn) {
 	b.setUp(true)
 	b.kick() // retry the round trip of subscriptions made while down
 	b.reconnects.Add(1)
-	b.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+	s := b.noteServer(nc)
+	b.log.Info("nats reconnected", "url", s.URL, "server", s.Name, "cluster", s.Cluster)
 }
 
 func (b *Broker) onReconnectErr(nc *nats.Conn, err error) {

@@ -18,13 +18,13 @@ type metrics struct {
 	h        *herald
 	registry *prometheus.Registry
 
-	open, upgraded, accepted, channels          *prometheus.Desc
-	deliveries, bytesOut, slowConsumers         *prometheus.Desc
-	pings, reaped, handshakeTimeouts, refused   *prometheus.Desc
-	natsIn, natsDropped, natsReconnects, natsUp *prometheus.Desc
-	latency                                     *prometheus.Desc
-	authFailures, published, publishRefused     *prometheus.Desc
-	expired                                     *prometheus.Desc
+	open, upgraded, accepted, channels                      *prometheus.Desc
+	deliveries, bytesOut, slowConsumers                     *prometheus.Desc
+	pings, reaped, handshakeTimeouts, refused               *prometheus.Desc
+	natsIn, natsDropped, natsReconnects, natsUp, natsServer *prometheus.Desc
+	latency                                                 *prometheus.Desc
+	authFailures, published, publishRefused                 *prometheus.Desc
+	expired                                                 *prometheus.Desc
 }
 
 func newMetrics(h *herald) *metrics {
@@ -49,6 +49,7 @@ func newMetrics(h *herald) *metrics {
 		natsDropped:       desc("nats_dropped_total", "Messages NATS dropped because Herald fell behind its pending limits."),
 		natsReconnects:    desc("nats_reconnects_total", "Reconnections to NATS after a lost connection."),
 		natsUp:            desc("nats_connected", "1 while the NATS connection is up."),
+		natsServer:        desc("nats_server_info", "1 for the NATS server Herald is connected to (or was last, while nats_connected is 0): its URL, password or token redacted, server_name and cluster.", "url", "server", "cluster"),
 		latency:           desc("delivery_latency_seconds", "Time from a message's receipt from NATS to its last write to a socket."),
 		authFailures:      desc("auth_failures_total", "Upgrades and refreshes refused for their token, by reason.", "reason"),
 		published:         desc("client_publishes_total", "Client publishes handed to NATS."),
@@ -66,7 +67,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		m.open, m.upgraded, m.accepted, m.channels, m.deliveries, m.bytesOut, m.slowConsumers,
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
-		m.natsUp, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
+		m.natsUp, m.natsServer, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
 	} {
 		ch <- d
 	}
@@ -103,6 +104,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		up = 1
 	}
 	gauge(m.natsUp, up)
+	if srv := m.h.broker.Server(); srv.URL != "" {
+		gauge(m.natsServer, 1, srv.URL, srv.Name, srv.Cluster)
+	}
 	for reason, n := range ps.AuthFailures {
 		counter(m.authFailures, n, reason)
 	}

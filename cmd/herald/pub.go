@@ -26,8 +26,10 @@ machine; give --nats to publish to an external NATS server or cluster.
 Examples:
   herald pub prices.AAPL '{"px":187.2}'
   herald pub --nats nats://nats.internal:4222 game.42 '{"move":"e4"}'
+  herald pub --nats tls://nats.internal:4222 --nats-creds app.creds --nats-tls-ca ca.pem chat.1 hi
   printf '%s' "$(date +%s)" | herald pub clock.tick -`, stderr)
 	natsURL := fs.String("nats", "nats://"+pubsub.DefaultListen, "`URL` of the NATS server or cluster (comma-separated) to publish to")
+	security := natsSecurityFlags(fs)
 	timeout := fs.Duration("timeout", 5*time.Second, "give up if the server has not accepted the message within this `duration`")
 	// Flags come before SUBJECT: parseArgs returns what follows them.
 	positional, err := parseArgs(fs, args)
@@ -53,5 +55,5 @@ Examples:
 			return fmt.Errorf("read PAYLOAD from standard input: %w", err)
 		}
 	}
-	return pubsub.PublishOnce(*natsURL, subject, payload, *timeout)
+	return pubsub.PublishOnce(*natsURL, security(), subject, payload, *timeout)
 }

@@ -58,6 +58,7 @@ second signal exits at once.`, stderr)
 	maxHead := sizeFlag(fs, "max-header-size", codec.DefaultMaxHeadSize, "largest HTTP request head; larger ones are answered 431")
 	loops := fs.Int("loops", 0, "event loops (threads serving sockets); 0 means one per CPU")
 	natsURL := fs.String("nats", "", "`URL` of an existing NATS server or cluster (comma-separated) to join instead of running an embedded one")
+	natsSecurity := natsSecurityFlags(fs)
 	natsListen := fs.String("nats-listen", pubsub.DefaultListen, "`address` the embedded NATS server listens on for publishers (ignored with --nats)")
 	natsWide := fs.String("nats-wide", "", "comma-separated NATS `patterns`, e.g. user.*: one NATS subscription per pattern instead of one per channel under it, for cheap personal channels;\nNATS then sends this Herald every message under them, listened to here or not, so use them for many small channels, not busy subjects")
 	noWildcards := fs.Bool("no-wildcards", false, "refuse wildcard channels (prices.*, game.>)")
@@ -118,16 +119,17 @@ second signal exits at once.`, stderr)
 			Logger:           log,
 			HTTP:             demoRoutes(!*noDemo),
 		},
-		Push:       pushCfg,
-		Auth:       authCfg,
-		NATS:       *natsURL,
-		NATSListen: *natsListen,
-		NATSWide:   splitList(*natsWide),
+		Push:         pushCfg,
+		Auth:         authCfg,
+		NATS:         *natsURL,
+		NATSSecurity: natsSecurity(),
+		NATSListen:   *natsListen,
+		NATSWide:     splitList(*natsWide),
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "herald listening on %s (ws://%s%s), publish to NATS at %s\n", h.srv.Addr(), h.srv.Addr(), push.Path, h.broker.ClientURL())
+	fmt.Fprintf(stdout, "herald listening on %s (ws://%s%s), publish to NATS at %s\n", h.srv.Addr(), h.srv.Addr(), push.Path, h.broker.RedactedURL())
 	settleCtx, stopSettling := context.WithCancel(context.Background())
 	defer stopSettling()
 	go settleMemory(settleCtx, h.srv, log)
@@ -168,7 +170,9 @@ type heraldConfig struct {
 	Auth       *auth.Config  // how client tokens are verified; nil for none
 	NATS       string        // external NATS URL; "" runs an embedded server
 	NATSListen string        // the embedded server's address
-	NATSWide   []string      // pubsub.Config.Wide
+	// NATSSecurity authenticates to the external NATS and secures the link.
+	NATSSecurity pubsub.Security
+	NATSWide     []string // pubsub.Config.Wide
 }
 
 // herald is a running server: the engine, the push protocol on it, and
@@ -197,11 +201,12 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 		cfg.Push.Verify = v.Verify
 	}
 	broker, err := pubsub.Start(pubsub.Config{
-		URL:     cfg.NATS,
-		Listen:  cfg.NATSListen,
-		Wide:    cfg.NATSWide,
-		Handler: h,
-		Logger:  cfg.Engine.Logger,
+		URL:      cfg.NATS,
+		Security: cfg.NATSSecurity,
+		Listen:   cfg.NATSListen,
+		Wide:     cfg.NATSWide,
+		Handler:  h,
+		Logger:   cfg.Engine.Logger,
 	})
 	if err != nil {
 		h.closeVerifier()
