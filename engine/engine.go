@@ -56,6 +56,13 @@ type Config struct {
 	// close frame (waiting for the peer's) or a final HTTP answer (waiting
 	// for the peer to hang up). Default DefaultCloseTimeout.
 	CloseTimeout time.Duration
+	// ReusePort sets SO_REUSEPORT on the listener, so that several
+	// processes (several Herald instances on one box, or an old and a new
+	// one during a restart) listen on the same address and the kernel
+	// spreads new connections among them. Each event loop then has a
+	// listener of its own and accepts for itself. It needs a fixed port:
+	// with port 0 each listener would get a different one.
+	ReusePort bool
 	// Echo serves EchoPath, which echoes every text and binary message back:
 	// the endpoint conformance suites such as Autobahn's test against.
 	Echo bool
@@ -216,8 +223,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("engine: no listen address")
 	}
-	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
+	_, port, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
 		return nil, fmt.Errorf("engine: listen address %q: %w", cfg.Addr, err)
+	}
+	if cfg.ReusePort && (port == "" || port == "0") {
+		return nil, fmt.Errorf("engine: listen address %q: sharing a port (ReusePort) needs a fixed port", cfg.Addr)
 	}
 	cfg.setDefaults()
 	if cfg.Loops > MaxLoops {
@@ -272,6 +283,7 @@ func (s *Server) Start() error {
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(s.cfg.Loops),
 			gnet.WithReuseAddr(true),
+			gnet.WithReusePort(s.cfg.ReusePort),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithLogger(gnetlog.Logger{Log: s.log}),
 		)

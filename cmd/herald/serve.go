@@ -52,6 +52,7 @@ SIGTERM or SIGINT drains: new connections are refused, open ones are closed
 with 1001 "going away" spread over --drain-timeout, then Herald exits 0. A
 second signal exits at once.`, stderr)
 	listen := fs.String("listen", "127.0.0.1:8080", "`address` to accept WebSocket and HTTP connections on (host:port)")
+	reusePort := fs.Bool("reuseport", false, "share --listen with other processes started with --reuseport (SO_REUSEPORT): the kernel spreads new connections among them;\nfor several Herald processes on one box (past one process's open-file limit), and for restarts with no refused connection: start the new one, then SIGTERM the old")
 	echo := fs.Bool("echo", false, "serve /echo, which echoes every text and binary message back (for conformance suites such as Autobahn)")
 	maxMessage := sizeFlag(fs, "max-message-size", 0,
 		"largest message a client may send, summed over fragments, e.g. 64KiB, 1MiB; larger ones close the connection with 1009 (default 1MiB, or 16MiB with --echo)")
@@ -105,6 +106,7 @@ second signal exits at once.`, stderr)
 	h, err := startHerald(heraldConfig{
 		Engine: engine.Config{
 			Addr:             *listen,
+			ReusePort:        *reusePort,
 			Loops:            *loops,
 			MaxMessageSize:   *maxMessage,
 			MaxHeadSize:      int(*maxHead),
