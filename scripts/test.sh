@@ -6,13 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The demo page's browser test, herald sub's proxy tests and the systemd
-# unit's check need Chromium, tinyproxy and systemd-analyze (Debian packages): install them when missing and apt-get is ours
+# The demo page's browser test, herald sub's proxy tests, the systemd unit's
+# check and the fleet tests need Chromium, tinyproxy, systemd-analyze and
+# HAProxy (Debian packages): install them when missing and apt-get is ours
 # to run. Without them those tests skip, or fail under CI=true.
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Starts a Herald fleet on loopback, as production runs one: three
+# nats-server nodes in one cluster (routes, JetStream), three Herald
+# instances each joined to a different node, HAProxy in front of them
+# (health-checking /readyz, terminating TLS with a certificate this script
+# makes), and a publisher. Usage:
+#   scripts/cluster.sh start     # build, start everything, print the endpoints
+#   scripts/cluster.sh status    # what is running
+#   scripts/cluster.sh stop      # stop exactly what start started
+# Then:
+#   wss://127.0.0.1:8443/ws?channel=demo.prices.AAPL   (verify with $DIR/ca.pem)
+#   ws://127.0.0.1:8100/ws?channel=demo.prices.AAPL    (the same fleet, plain)
+#   http://127.0.0.1:8404/stats                        (HAProxy's view of the instances)
+# Settings (environment):
+#   DIR      where pids, logs, certificates and NATS data go (default /tmp/herald-cluster)
+#   HERALD   a prebuilt herald binary (default: build this tree into DIR)
+#   NATS_SERVER  a nats-server binary (default: `nats-server` on PATH, else built
+#            from the nats-server module version in go.mod, offline)
+#   HERALD_ARGS  extra flags for every herald serve (e.g. "--history 'demo.>'")
+#   PUBLISH  0: no publisher (default 1: herald demo publishing ticks)
+# Ports: NATS clients 4301-4303, routes 6301-6303, Herald 8101-8103, HAProxy
+# 8100 (plain), 8443 (TLS), 8404 (stats). Needs haproxy (Debian's package)
+# and openssl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir=${DIR:-/tmp/herald-cluster}
+nodes=(1 2 3)
+nats_port() { echo $((4300 + $1)); }
+route_port() { echo $((6300 + $1)); }
+herald_port() { echo $((8100 + $1)); }
+
+# started NAME PID: remember a process start started, for stop.
+started() { echo "$1 $2" >>"$dir/pids"; }
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# wait_port PORT WHAT: until something accepts on 127.0.0.1:PORT.
+wait_port() {
+  for _ in $(seq 150); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return; fi
+    sleep 0.1
+  done
+  echo "$2 did not start listening on 127.0.0.1:$1 (logs in $dir)" >&2
+  exit 1
+}
+
+certs() {
+  [ -f "$dir/haproxy.pem" ] && return
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=herald cluster test CA" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$dir/server-key.pem" -out "$dir/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -CAcreateserial \
+    -days 30 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
+  cat "$dir/server.pem" "$dir/server-key.pem" >"$dir/haproxy.pem"
+}
+
+binaries() {
+  herald=${HERALD:-}
+  if [ -z "$herald" ]; then
+    herald=$dir/herald
+    go build -o "$herald" ./cmd/herald
+  fi
+  nats_server=${NATS_SERVER:-$(command -v nats-server || true)}
+  if [ -z "$nats_server" ]; then
+    nats_server=$dir/nats-server
+    [ -x "$nats_server" ] || go build -o "$nats_server" github.com/nats-io/nats-server/v2
+  fi
+}
+
+start_nats() {
+  local i=$1 routes="" j
+  for j in "${nodes[@]}"; do routes+="nats-route://127.0.0.1:$(route_port "$j"),"; done
+  mkdir -p "$dir/nats$i"
+  cat >"$dir/nats$i.conf" <<EOF
+server_name: n$i
+listen: 127.0.0.1:$(nats_port "$i")
+jetstream { store_dir: "$dir/nats$i" }
+cluster {
+  name: herald
+  listen: 127.0.0.1:$(route_port "$i")
+  routes: [ ${routes%,} ]
+}
+EOF
+  "$nats_server" -c "$dir/nats$i.conf" >"$dir/nats$i.log" 2>&1 &
+  started "nats$i" $!
+}
+
+start_herald() {
+  local i=$1
+  # Only its own node's URL: nats.go learns the others from the cluster
+  # and fails over to them, but starts here, so each instance is on a
+  # different node.
+  # eval for the quoting in HERALD_ARGS; exec so that the pid is herald's.
+  (eval "exec \"\$herald\" serve --listen 127.0.0.1:$(herald_port "$i") --nats nats://127.0.0.1:$(nats_port "$i") \
+    --drain-timeout 3s --log-level info ${HERALD_ARGS:-}") >"$dir/herald$i.log" 2>&1 &
+  started "herald$i" $!
+}
+
+start_haproxy() {
+  local i servers=""
+  for i in "${nodes[@]}"; do
+    servers+="  server herald$i 127.0.0.1:$(herald_port "$i") check inter 500ms fall 2 rise 2"$'\n'
+  done
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  log stdout format raw local0 warning
+  # Each proxied connection is two open files.
+  maxconn $(( ($(ulimit -n) - 100) / 2 ))
+defaults
+  mode http
+  log global
+  option httplog
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  # A WebSocket is a tunnel once upgraded: its idle timeout must be above
+  # Herald's --ping-interval (25 s), or HAProxy cuts quiet sockets.
+  timeout tunnel 1h
+  timeout client-fin 5s
+frontend plain
+  bind 127.0.0.1:8100
+  default_backend heralds
+frontend tls
+  # TLS ends here, in front of Herald, which serves plain WebSocket.
+  bind 127.0.0.1:8443 ssl crt $dir/haproxy.pem
+  default_backend heralds
+backend heralds
+  # No sticky sessions: any instance serves any client.
+  balance leastconn
+  option httpchk GET /readyz
+  http-check expect status 200
+$servers
+listen stats
+  bind 127.0.0.1:8404
+  stats enable
+  stats uri /stats
+EOF
+  haproxy -f "$dir/haproxy.cfg" -db >"$dir/haproxy.log" 2>&1 &
+  started haproxy $!
+}
+
+start() {
+  command -v haproxy >/dev/null || { echo "cluster.sh needs haproxy (apt-get install haproxy)" >&2; exit 1; }
+  command -v openssl >/dev/null || { echo "cluster.sh needs openssl" >&2; exit 1; }
+  if [ -s "$dir/pids" ]; then
+    echo "a cluster is already running from $dir: scripts/cluster.sh stop first" >&2
+    exit 1
+  fi
+  mkdir -p "$dir"
+  : >"$dir/pids"
+  trap 'echo "start failed: stopping what it started" >&2; stop >&2' EXIT
+  binaries
+  certs
+  for i in "${nodes[@]}"; do start_nats "$i"; done
+  for i in "${nodes[@]}"; do wait_port "$(nats_port "$i")" "nats-server n$i"; done
+  for i in "${nodes[@]}"; do start_herald "$i"; done
+  for i in "${nodes[@]}"; do wait_port "$(herald_port "$i")" "herald $i"; done
+  start_haproxy
+  wait_port 8443 haproxy
+  if [ "${PUBLISH:-1}" != 0 ]; then
+    "$herald" demo --nats "nats://127.0.0.1:$(nats_port 1),nats://127.0.0.1:$(nats_port 2)" >"$dir/publisher.log" 2>&1 &
+    started publisher $!
+  fi
+  trap - EXIT
+  echo "fleet up in $dir:"
+  echo "  wss://127.0.0.1:8443/ws   (CA: $dir/ca.pem)"
+  echo "  ws://127.0.0.1:8100/ws"
+  echo "  NATS: nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"
+  echo "  HAProxy stats: http://127.0.0.1:8404/stats"
+}
+
+status() {
+  [ -s "$dir/pids" ] || { echo "no cluster running from $dir"; return; }
+  local name pid
+  while read -r name pid; do
+    if alive "$pid"; then echo "$name $pid running"; else echo "$name $pid gone"; fi
+  done <"$dir/pids"
+}
+
+stop() {
+  [ -s "$dir/pids" ] || { echo "no cluster running from $dir"; return; }
+  local name pid pids=()
+  # Publisher and HAProxy first, then the Herald instances (SIGTERM: they
+  # drain), then NATS, each only if it is still the process start made.
+  while read -r name pid; do pids+=("$pid"); done < <(tac "$dir/pids")
+  for pid in "${pids[@]}"; do
+    alive "$pid" && kill -CONT "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+  done
+  : >"$dir/pids"
+  echo "stopped"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "usage: $0 start|status|stop" >&2; exit 2 ;;
+esac
