@@ -116,6 +116,12 @@ type Config struct {
 	// Listen is where the floor scenario listens for its readers, on
 	// loopback. Default 127.0.0.1:0 (any free port). URL is ignored.
 	Listen string
+	// Receivers, for storm, are connections that stay up through it, on a
+	// channel of their own, to which the run publishes at Rate (default
+	// 100 msg/s) for Duration before the storm, the quiet phase, and again
+	// from the drop until every dropped connection is back: what clients
+	// that are not part of a storm see of it. 0 runs the storm alone.
+	Receivers int
 
 	// Publish sends data on a NATS subject; fanout needs it (floor writes
 	// the frames itself).
@@ -147,7 +153,21 @@ const (
 	defaultHandshakeTimeout = 5 * time.Second
 	defaultChannelPrefix    = "bench"
 	defaultListen           = "127.0.0.1:0"
+	defaultReceiverRate     = 100
 )
+
+// dialed is how many connections the run opens: Conns, and a storm's
+// receivers.
+func (c *Config) dialed() int { return c.Conns + c.Receivers }
+
+// channelCount is how many channels the run uses: Channels, and the
+// receivers' own.
+func (c *Config) channelCount() int {
+	if c.Receivers > 0 {
+		return c.Channels + 1
+	}
+	return c.Channels
+}
 
 func (c *Config) setDefaults() {
 	if c.Conns == 0 {
@@ -192,8 +212,11 @@ func (c *Config) setDefaults() {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = defaultHandshakeTimeout
 	}
+	if c.Receivers > 0 && c.Rate == 0 {
+		c.Rate = defaultReceiverRate
+	}
 	if c.Procs == 0 {
-		c.Procs = (c.Conns + MaxShardConns - 1) / MaxShardConns
+		c.Procs = (c.dialed() + MaxShardConns - 1) / MaxShardConns
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -228,10 +251,16 @@ func (c *Config) check() (*url.URL, error) {
 		return nil, errors.New("rate must not be negative")
 	case c.Duration < 0 || c.Timeout < 0:
 		return nil, errors.New("duration and timeout must not be negative")
-	case c.Procs < 1 || c.Procs > c.Conns:
-		return nil, fmt.Errorf("procs must be between 1 and conns (%d)", c.Conns)
-	case (c.Conns+c.Procs-1)/c.Procs > MaxShardConns:
-		return nil, fmt.Errorf("%d processes would hold %d connections each, over the %d one process can", c.Procs, (c.Conns+c.Procs-1)/c.Procs, MaxShardConns)
+	case c.Procs < 1 || c.Procs > c.dialed():
+		return nil, fmt.Errorf("procs must be between 1 and conns (%d)", c.dialed())
+	case (c.dialed()+c.Procs-1)/c.Procs > MaxShardConns:
+		return nil, fmt.Errorf("%d processes would hold %d connections each, over the %d one process can", c.Procs, (c.dialed()+c.Procs-1)/c.Procs, MaxShardConns)
+	case c.Receivers < 0:
+		return nil, errors.New("receivers must not be negative")
+	case c.Receivers > 0 && c.Scenario != Storm:
+		return nil, errors.New("receivers are a storm's: they stay up through it")
+	case c.Receivers > 0 && c.Publish == nil:
+		return nil, errors.New("a storm with receivers needs a Publish function")
 	case c.Procs > 1 && c.ShardCommand == nil:
 		return nil, errors.New("more than one process needs a ShardCommand")
 	case c.Loops < 1 || c.Dialers < 1:
@@ -254,7 +283,7 @@ func (c *Config) check() (*url.URL, error) {
 			return nil, fmt.Errorf("sweep rate %v: every rate must be above 0", r)
 		}
 	}
-	if c.Scenario == Fanout || c.Scenario == Floor {
+	if c.Scenario == Fanout || c.Scenario == Floor || c.Receivers > 0 {
 		if c.Scenario == Fanout && c.Publish == nil {
 			return nil, errors.New("fanout needs a Publish function")
 		}
@@ -269,6 +298,10 @@ func (c *Config) check() (*url.URL, error) {
 				}
 				maxSeq += n
 			}
+		case c.Receivers > 0:
+			// The quiet phase, then the storm's, which lasts at most
+			// the rest of the run.
+			maxSeq = uint64(c.Rate*(c.Duration+c.Timeout).Seconds()) + 1
 		case c.Messages == 0:
 			maxSeq = uint64(c.Rate*c.Duration.Seconds()) + 1
 		}
@@ -332,6 +365,19 @@ func channelOf(i, channels int, hot bool) int {
 		return 0
 	}
 	return 1 + (i/2)%(channels-1)
+}
+
+// placeConn is the channel of connection i of a run: channelOf over
+// channels, or, from stayFrom on (when above 0), the receivers' channel,
+// the last of channels.
+func placeConn(i, channels int, hot bool, stayFrom int) int {
+	if stayFrom > 0 {
+		if i >= stayFrom {
+			return channels - 1
+		}
+		channels--
+	}
+	return channelOf(i, channels, hot)
 }
 
 // channelName is channel k's name for a run: PREFIX.K, where the prefix

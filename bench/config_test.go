@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"context"
 	"net/netip"
+	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -93,6 +95,10 @@ func TestConfigCheck(t *testing.T) {
 		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Rates: []float64{10, 0}}, "above 0"},
 		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Rates: []float64{1e9}, Size: 40}, "too small"},
 		{Config{Scenario: Floor, Channels: 2}, "ShardCommand"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Receivers: 10}, "storm's"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Receivers: 10}, "Publish"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Receivers: -1}, "negative"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Conns: 18000, Receivers: 1001, Procs: 1}, "over the 19000"},
 	} {
 		tc.cfg.setDefaults()
 		_, err := tc.cfg.check()
@@ -105,6 +111,25 @@ func TestConfigCheck(t *testing.T) {
 	u, err := cfg.check()
 	if err != nil || u.Host != "127.0.0.1:80" || cfg.Procs != 1 || cfg.Messages != 200 || cfg.Size != 64 {
 		t.Fatalf("%v %v %+v", u, err, cfg)
+	}
+}
+
+// Receivers come after the storm's connections, on a channel of their own
+// after the others, and count towards the processes needed.
+func TestStormReceiversPlan(t *testing.T) {
+	cfg := Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: func(string, []byte) error { return nil },
+		Conns: 19000, Channels: 3, Receivers: 1000, ShardCommand: func(context.Context) *exec.Cmd { return nil }}
+	cfg.setDefaults()
+	if _, err := cfg.check(); err != nil || cfg.Procs != 2 || cfg.Rate != 100 || cfg.channelCount() != 4 {
+		t.Fatalf("procs %d, rate %v, channels %d: %v", cfg.Procs, cfg.Rate, cfg.channelCount(), err)
+	}
+	for i, want := range map[int]int{0: 0, 1: 1, 2: 2, 3: 0, 18999: 18999 % 3, 19000: 3, 19999: 3} {
+		if k := placeConn(i, 4, false, 19000); k != want {
+			t.Errorf("connection %d on channel %d, want %d", i, k, want)
+		}
+	}
+	if k := placeConn(5, 3, false, 0); k != 2 {
+		t.Errorf("without receivers connection 5 is on channel %d", k)
 	}
 }
 

@@ -184,6 +184,20 @@ type StormResult struct {
 	Seconds float64 `json:"seconds"`
 	// Refusals counts failed reconnect attempts by reason.
 	Refusals map[string]int `json:"refusals,omitempty"`
+	// Receivers is what the connections that stayed up got, when the run
+	// had some.
+	Receivers *StormReceivers `json:"receivers,omitempty"`
+}
+
+// StormReceivers compares what the connections that stay up through a
+// storm receive before it (Quiet) with what they receive while the
+// dropped connections come back (During): published to at Rate, from the
+// drop until the last one is back.
+type StormReceivers struct {
+	Conns  int           `json:"conns"`
+	Rate   float64       `json:"rate"`
+	Quiet  *FanoutResult `json:"quiet,omitempty"`
+	During *FanoutResult `json:"during,omitempty"`
 }
 
 // WriteJSON writes r as indented JSON.
@@ -205,6 +219,9 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	if r.Hot {
 		layout += " (half on one hot channel)"
+	}
+	if r.Storm != nil && r.Storm.Receivers != nil {
+		layout += fmt.Sprintf(" and %d receivers on one more", r.Storm.Receivers.Conns)
 	}
 	layout += fmt.Sprintf(", %s format, %d process%s x %d loop%s", r.Format, r.Procs, pluralES(r.Procs), r.Loops, plural(r.Loops))
 	if len(r.SourceIPs) > 0 {
@@ -274,6 +291,21 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 		row("storm", "%d dropped, %d reconnected in %d attempts, %d gave up: %s", s.Dropped, s.Reconnected, s.Attempts, s.GaveUp, back)
 		row("storm refusals", "%s", reasons(s.Refusals))
+		if rx := s.Receivers; rx != nil {
+			for _, ph := range []struct {
+				name string
+				f    *FanoutResult
+			}{{"receivers quiet", rx.Quiet}, {"receivers in storm", rx.During}} {
+				if ph.f == nil {
+					row(ph.name, "n/a (not measured)")
+					continue
+				}
+				f, l := ph.f, ph.f.Latency
+				row(ph.name, "%d conns, %d messages at %g msg/s in %s: delivered %d/%d (%.3f%%), missing %d, dup %d, p50 %s p99 %s max %s",
+					rx.Conns, f.Published, rx.Rate, seconds(f.PublishSeconds), f.Delivered, f.Expected, f.DeliveredPct,
+					f.Missing, f.Duplicated, millis(l.P50), millis(l.P99), millis(l.Max))
+			}
+		}
 	}
 	cpuLabel := "server CPU"
 	if r.Scenario == Floor {

@@ -74,7 +74,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			Scenario: cfg.Scenario,
 			URL:      RedactURL(cfg.URL),
 			Started:  start,
-			Conns:    cfg.Conns,
+			Conns:    cfg.dialed(),
 			Channels: cfg.Channels,
 			PerConn:  cfg.PerConn,
 			Hot:      cfg.Hot,
@@ -128,6 +128,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := r.res.aggregate(results, r.published, r.publishStart, r.stepLatency); err != nil {
 		r.note("%v", err)
 	}
+	if r.res.Storm != nil {
+		r.res.Storm.Receivers = r.stormReceivers
+	}
 	r.res.Seconds = time.Since(start).Seconds()
 	return r.res, nil
 }
@@ -144,11 +147,13 @@ type runner struct {
 	res     *Result
 	errs    []error // shards that did not report
 
-	phase        atomic.Value  // string: what the run is doing, for progress and timeouts
-	expected     atomic.Uint64 // deliveries the messages published so far should make
-	published    []uint64      // measured messages published, by channel
-	publishStart time.Time
-	next         int // the channel the round robin publishes to next
+	phase          atomic.Value    // string: what the run is doing, for progress and timeouts
+	expected       atomic.Uint64   // deliveries the messages published so far should make
+	published      []uint64        // measured messages published, by channel
+	stormReceivers *StormReceivers // what a storm's receivers got, by phase
+	publishTo      []int           // the channels publishSteady goes round, all by default
+	publishStart   time.Time
+	next           int // the channel the round robin publishes to next
 
 	floor       *floorServer            // the floor scenario's listener
 	stepLatency *hdrhistogram.Histogram // a sweep's latencies, from the shards' marks
@@ -160,11 +165,20 @@ func (r *runner) note(format string, args ...any) {
 }
 
 func (r *runner) planChannels() {
-	r.planned = make([]int, r.cfg.Channels)
-	for i := range r.cfg.Conns {
-		r.planned[channelOf(i, r.cfg.Channels, r.cfg.Hot)]++
+	n := r.cfg.channelCount()
+	r.planned = make([]int, n)
+	for i := range r.cfg.dialed() {
+		r.planned[placeConn(i, n, r.cfg.Hot, r.stayFrom())]++
 	}
-	r.published = make([]uint64, r.cfg.Channels)
+	r.published = make([]uint64, n)
+}
+
+// stayFrom is the index of the first receiver, or 0 without receivers.
+func (r *runner) stayFrom() int {
+	if r.cfg.Receivers > 0 {
+		return r.cfg.Conns
+	}
+	return 0
 }
 
 // newProbe picks where server figures come from: /proc with a PID, the
@@ -224,7 +238,7 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 	if lo, hi, err := localPortRange(); err == nil {
 		ports = hi - lo + 1
 	}
-	sizes, sources := planShards(cfg.Conns, cfg.Procs, cfg.SourceIPs, ports)
+	sizes, sources := planShards(cfg.dialed(), cfg.Procs, cfg.SourceIPs, ports)
 	r.checkPorts(sizes, sources, ports)
 	first := 0
 	for i, n := range sizes {
@@ -232,8 +246,9 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 			Index:            i,
 			URL:              r.target.String(),
 			Prefix:           r.prefix,
-			Channels:         cfg.Channels,
+			Channels:         cfg.channelCount(),
 			Hot:              cfg.Hot,
+			StayFrom:         r.stayFrom(),
 			Raw:              cfg.Raw,
 			First:            first,
 			Conns:            n,
@@ -473,7 +488,7 @@ func (r *runner) showProgress() (stop func()) {
 			if step, _ := r.step.Load().(string); step != "" {
 				phase = step + " " + phase
 			}
-			line := fmt.Sprintf("bench %s %4.0fs  %s: %d/%d up", r.cfg.Scenario, time.Since(start).Seconds(), phase, p.Up, r.cfg.Conns)
+			line := fmt.Sprintf("bench %s %4.0fs  %s: %d/%d up", r.cfg.Scenario, time.Since(start).Seconds(), phase, p.Up, r.cfg.dialed())
 			if p.Failures > 0 {
 				line += fmt.Sprintf(", %d failed attempts", p.Failures)
 			}
@@ -569,7 +584,7 @@ func readResponseHead(r *bufio.Reader) ([]byte, error) {
 
 // scenario runs the part after the shards started.
 func (r *runner) scenario(ctx context.Context, before serverSample, haveBefore bool) error {
-	n := int64(r.cfg.Conns)
+	n := int64(r.cfg.dialed())
 	err := r.waitUntil(ctx, func(p progress) bool { return p.EverUp+p.GaveUp >= n })
 	if err != nil {
 		p := r.total()
@@ -669,7 +684,7 @@ func (r *runner) warmup(ctx context.Context) error {
 	var buf []byte
 	for {
 		ts := time.Now().UnixMicro()
-		for k := range r.cfg.Channels {
+		for k := range r.cfg.channelCount() {
 			buf = AppendPayload(buf[:0], 0, ts, r.cfg.Size)
 			if err := r.cfg.Publish(channelName(r.prefix, k), buf); err != nil {
 				return fmt.Errorf("publish warm-up: %w", err)
@@ -745,7 +760,7 @@ func dueAt(start time.Time, i int, rate float64) time.Time {
 // returns how many it sent.
 func (r *runner) publishSteady(ctx context.Context, start time.Time, rate float64, limit int) (int, error) {
 	cfg := &r.cfg
-	subjects := make([]string, cfg.Channels)
+	subjects := make([]string, len(r.published))
 	for k := range subjects {
 		subjects[k] = channelName(r.prefix, k)
 	}
@@ -776,7 +791,10 @@ func (r *runner) publishSteady(ctx context.Context, start time.Time, rate float6
 		if ctx.Err() != nil {
 			return sent, ctx.Err()
 		}
-		k := r.next % cfg.Channels
+		k := r.next % len(subjects)
+		if r.publishTo != nil {
+			k = r.publishTo[r.next%len(r.publishTo)]
+		}
 		seq := r.published[k] + 1
 		buf = AppendPayload(buf[:0], seq, now.UnixMicro(), cfg.Size)
 		if err := cfg.Publish(subjects[k], buf); err != nil {
@@ -806,8 +824,16 @@ func (r *runner) awaitDeliveries(ctx context.Context) error {
 }
 
 // storm drops every connection on every shard at once and waits until all
-// are back.
+// are back. With receivers, it first measures them in a quiet phase, and
+// then again while the storm goes on.
 func (r *runner) storm(ctx context.Context) error {
+	var receivers *receiverRun
+	if r.cfg.Receivers > 0 {
+		var err error
+		if receivers, err = r.quietPhase(ctx); err != nil {
+			return err
+		}
+	}
 	before, haveBefore := r.sample(ctx)
 	r.phase.Store("storm")
 	var wg sync.WaitGroup
@@ -816,22 +842,115 @@ func (r *runner) storm(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); errs[i] = sh.storm() }()
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
+	var stormPublish func() (*FanoutResult, error)
+	if receivers != nil {
+		stormPublish = receivers.publishUntilCalled(ctx)
 	}
-	err := r.waitUntil(ctx, func(p progress) bool {
-		return p.StormArmed && p.StormUp+p.StormGaveUp >= p.StormDropped
-	})
+	wg.Wait()
+	err := errors.Join(errs...)
+	if err == nil {
+		err = r.waitUntil(ctx, func(p progress) bool {
+			return p.StormArmed && p.StormUp+p.StormGaveUp >= p.StormDropped
+		})
+		if err != nil {
+			p := r.total()
+			err = fmt.Errorf("%d of %d connections back", p.StormUp, p.StormDropped)
+		}
+	}
 	after, haveAfter := r.sample(ctx)
 	if haveBefore && haveAfter {
 		r.res.Server.CPU = cpuResult(after.CPU-before.CPU, uint64(r.total().StormUp), "reconnect")
 	}
-	if err != nil {
-		p := r.total()
-		return fmt.Errorf("%d of %d connections back", p.StormUp, p.StormDropped)
+	if stormPublish != nil {
+		during, perr := stormPublish()
+		receivers.During = during
+		err = errors.Join(err, perr)
 	}
-	return nil
+	return err
+}
+
+// receiverRun is what a storm's receivers got, phase by phase.
+type receiverRun struct {
+	r    *runner
+	prev *snapshot // the last mark
+	StormReceivers
+}
+
+// quietPhase warms every connection up and then publishes to the
+// receivers' channel at Rate for Duration, before any storm.
+func (r *runner) quietPhase(ctx context.Context) (*receiverRun, error) {
+	if err := r.warmup(ctx); err != nil {
+		return nil, err
+	}
+	prev, err := r.markShards(ctx) // warm-ups record no latency
+	if err != nil {
+		return nil, fmt.Errorf("mark before the quiet phase: %w", err)
+	}
+	rx := &receiverRun{r: r, prev: prev, StormReceivers: StormReceivers{Conns: r.cfg.Receivers, Rate: r.cfg.Rate}}
+	r.stormReceivers = &rx.StormReceivers
+	r.publishTo = []int{len(r.published) - 1}
+	r.phase.Store("quiet")
+	rx.Quiet, err = rx.phase(ctx, func(start time.Time) (int, error) {
+		return r.publishSteady(ctx, start, r.cfg.Rate, 0)
+	})
+	return rx, err
+}
+
+// publishUntilCalled publishes to the receivers at Rate from now until the
+// returned function is called, which then waits for the deliveries and
+// returns what the receivers got meanwhile. Publishing also stops at
+// Duration.
+func (rx *receiverRun) publishUntilCalled(ctx context.Context) func() (*FanoutResult, error) {
+	pubCtx, stop := context.WithCancel(ctx)
+	type answer struct {
+		f   *FanoutResult
+		err error
+	}
+	done := make(chan answer, 1)
+	started := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		f, err := rx.phase(ctx, func(start time.Time) (int, error) {
+			close(started)
+			n, err := rx.r.publishSteady(pubCtx, start, rx.r.cfg.Rate, 0)
+			if errors.Is(err, context.Canceled) && ctx.Err() == nil {
+				err = rx.r.flush() // the storm is over: the end of this phase
+			}
+			close(stopped)
+			return n, err
+		})
+		done <- answer{f, err}
+	}()
+	<-started
+	return func() (*FanoutResult, error) {
+		stop()
+		<-stopped
+		a := <-done
+		return a.f, a.err
+	}
+}
+
+// phase runs publish, waits for the deliveries, marks, and returns what
+// the receivers got between this mark and the previous one.
+func (rx *receiverRun) phase(ctx context.Context, publish func(start time.Time) (int, error)) (*FanoutResult, error) {
+	r := rx.r
+	published := append([]uint64(nil), r.published...)
+	start := time.Now()
+	sent, pubErr := publish(start)
+	f := &FanoutResult{Published: sent, Size: r.cfg.Size, Rate: r.cfg.Rate, PublishSeconds: time.Since(start).Seconds()}
+	var err error
+	if pubErr == nil {
+		err = r.awaitDeliveries(ctx)
+	}
+	markCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishGrace/2)
+	cur, merr := r.markShards(markCtx)
+	cancel()
+	if merr != nil {
+		return nil, errors.Join(pubErr, err, fmt.Errorf("mark: %w", merr))
+	}
+	stepTotals(f, rx.prev, cur, published, r.published, start)
+	rx.prev = cur
+	return f, errors.Join(pubErr, err)
 }
 
 // RedactURL is raw as it may be printed: a password replaced as

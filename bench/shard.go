@@ -32,6 +32,7 @@ type shardSpec struct {
 	Prefix           string        `json:"prefix"` // channel prefix, run id included
 	Channels         int           `json:"channels"`
 	Hot              bool          `json:"hot"`
+	StayFrom         int           `json:"stay_from,omitempty"` // run-wide index of the first receiver, 0 for none
 	Raw              bool          `json:"raw"`
 	First            int           `json:"first"` // run-wide index of the shard's first connection
 	Conns            int           `json:"conns"`
@@ -129,6 +130,7 @@ type conn struct {
 	warm       bool // a warm-up message arrived
 	dropping   bool // the bench itself is closing it
 	inStorm    bool // dropped by the storm and not back yet
+	stays      bool // a receiver: the storm leaves it up
 	retry      bool // the failure being reported is worth retrying
 	key        [24]byte
 	deadline   int64 // Unix nanoseconds: the handshake times out
@@ -234,7 +236,8 @@ func startShard(spec shardSpec, log *slog.Logger) (*shard, error) {
 	for i := range s.conns {
 		c := &s.conns[i]
 		c.index = int32(i)
-		c.channel = int32(channelOf(spec.First+i, spec.Channels, spec.Hot))
+		c.channel = int32(placeConn(spec.First+i, spec.Channels, spec.Hot, spec.StayFrom))
+		c.stays = spec.StayFrom > 0 && spec.First+i >= spec.StayFrom
 		if s.requests[c.channel].head == nil {
 			s.requests[c.channel] = newUpgradeRequest(target, channelName(spec.Prefix, int(c.channel)), spec.Raw)
 		}
@@ -522,8 +525,8 @@ func (s *shard) storm() {
 // resets them instead of keeping each in TIME_WAIT: tens of thousands of
 // reconnects from one host would otherwise run out of ephemeral ports,
 // which is an artefact of the bench, not something the server's clients
-// share. For a storm, connections still in their handshake are left
-// alone, and the dropped ones are marked to come back.
+// share. For a storm, receivers and connections still in their
+// handshake are left alone, and the dropped ones are marked to come back.
 func (l *loopState) drop(storm bool) {
 	for i := len(l.conns) - 1; i >= 0; i-- {
 		if i >= len(l.conns) {
@@ -531,7 +534,7 @@ func (l *loopState) drop(storm bool) {
 		}
 		c := l.conns[i]
 		if storm {
-			if c.state != stateOpen {
+			if c.state != stateOpen || c.stays {
 				continue
 			}
 			c.inStorm = true

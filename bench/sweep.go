@@ -30,7 +30,7 @@ func (r *runner) markShards(ctx context.Context) (*snapshot, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	snap := &snapshot{channels: make([]channelCounts, r.cfg.Channels), hist: newLatencyHistogram()}
+	snap := &snapshot{channels: make([]channelCounts, len(r.published)), hist: newLatencyHistogram()}
 	var errs2 []error
 	for _, m := range marks {
 		for k := range min(len(snap.channels), len(m.Channels)) {

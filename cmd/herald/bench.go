@@ -55,7 +55,13 @@ Scenarios:
            (above 1: the server packed several messages into one write).
   storm    open --conns connections, drop them all at once and reconnect
            them all, and report the time until all are back and the refusals
-           seen meanwhile (503s, connect errors, timeouts).
+           seen meanwhile (503s, connect errors, timeouts). --receivers N adds
+           N connections on a channel of their own that stay up through the
+           storm: the bench publishes to them at --rate (default 100 msg/s)
+           for --duration before the storm (the quiet phase) and again from
+           the drop until every dropped connection is back, and reports for
+           each phase their delivered %, missing, duplicated and p50/p99
+           latency: what a storm costs the clients that are not part of it.
   floor    the loopback write floor, without a server: the bench listens
            on --floor-listen itself, its connections (in a child process,
            from the same source addresses as the other scenarios) connect
@@ -103,8 +109,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Listen, "floor-listen", "127.0.0.1:0", "floor: the loopback `address` the bench listens on for its readers")
 	fs.IntVar(&cfg.Writers, "floor-writers", 1, "floor: threads writing at once, each to its share of the sockets (match the server's --loops to compare like with like)")
 	size := sizeFlag(fs, "size", 64, "fanout: payload size in bytes, e.g. 64, 1KiB")
-	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout, floor: messages per second over all channels; 0 publishes as fast as possible")
-	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout: `URL` of the NATS server Herald listens to")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout, floor: messages per second over all channels; 0 publishes as fast as possible; storm: to the receivers (0 means 100)")
+	fs.IntVar(&cfg.Receivers, "receivers", 0, "storm: `N` more connections, on a channel of their own, that stay up through the storm and are published to at --rate, before it and during it")
+	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout, storm with --receivers: `URL` of the NATS server Herald listens to")
 	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's process `id`, for its memory and CPU time from /proc; 0 tries its /metrics")
 	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the server's Prometheus metrics `URL` (default http://HOST/metrics of --url), used without --server-pid")
 	fs.IntVar(&cfg.Procs, "procs", 0, "processes to hold the connections; 0 means ceil(conns/19000)")
@@ -112,7 +119,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Loops, "loops", 0, "client event loops per process; 0 means half the CPUs, at least one")
 	fs.IntVar(&cfg.Dialers, "dialers", 64, "goroutines dialing connections, per process")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "retry a connection whose upgrade is not answered within this time")
-	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "idle: how long to hold the connections; fanout, floor: the longest publishing may take (with --rates, each rate's)")
+	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "idle: how long to hold the connections; fanout, floor: the longest publishing may take (with --rates, each rate's); storm with --receivers: the quiet phase, and the longest the storm's publishing may take")
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "the longest the whole run may take")
 	jsonFile := fs.String("json", "", "also write the results as JSON to `FILE` (- for stdout)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
@@ -165,7 +172,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.ShardCommand = selfCommand
 
-	if scenario == bench.Fanout {
+	if scenario == bench.Fanout || cfg.Receivers > 0 {
 		nc, err := nats.Connect(*natsURL, nats.Name("herald-bench"))
 		if err != nil {
 			return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)

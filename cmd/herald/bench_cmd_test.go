@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -11,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/herald-ws/herald/bench"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/push/auth"
 )
 
 // A sharded run re-executes its own binary, which in tests is the test
@@ -146,6 +151,65 @@ func TestBenchStorm(t *testing.T) {
 	}
 	if res.Server.CPU == nil || res.Server.CPU.Unit != "reconnect" {
 		t.Fatalf("server cpu: %+v", res.Server.CPU)
+	}
+}
+
+// A storm with receivers over two child processes, every connection with
+// an RS256 token: the receivers stay up, are published to before and
+// during the storm, and get every message of both phases exactly once.
+func TestBenchStormReceivers(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startTestHerald(t, heraldConfig{Auth: &auth.Config{PublicKeyPEM: pemPublicKey(t, &key.PublicKey)}})
+	token := sign(t, jwt.SigningMethodRS256, key, jwt.MapClaims{
+		"sub": "bench", "exp": time.Now().Add(time.Hour).Unix(), "subscribe": []string{"bench.>"},
+	})
+	out := filepath.Join(t.TempDir(), "storm.json")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"bench", "storm",
+		"--url", "ws://" + h.srv.Addr() + "/ws", "--token", token,
+		"--nats", h.broker.ClientURL(),
+		"--conns", "400", "--receivers", "100", "--rate", "200", "--duration", "1s",
+		"--procs", "2", "--loops", "1", "--dialers", "8",
+		"--server-pid", strconv.Itoa(os.Getpid()),
+		"--timeout", "60s", "--quiet", "--json", out,
+	}, &stdout, &stderr)
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if strings.Contains(stdout.String()+stderr.String(), token) {
+		t.Fatal("the token is in the output")
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bench.Result
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	s := res.Storm
+	if s == nil || !s.Complete || s.Dropped != 400 || s.Reconnected != 400 {
+		t.Fatalf("storm: %+v", s)
+	}
+	rx := s.Receivers
+	if rx == nil || rx.Conns != 100 || rx.Quiet == nil || rx.During == nil {
+		t.Fatalf("receivers: %+v", rx)
+	}
+	for name, f := range map[string]*bench.FanoutResult{"quiet": rx.Quiet, "during": rx.During} {
+		if f.Published == 0 || f.Expected != uint64(f.Published)*100 || f.Delivered != f.Expected ||
+			f.Missing+f.Duplicated != 0 || uint64(f.Latency.Count) != f.Delivered || f.Latency.P99 <= 0 {
+			t.Errorf("%s: %+v", name, f)
+		}
+	}
+	if rx.Quiet.Published < 150 { // 1 s at 200 msg/s
+		t.Errorf("quiet phase published %d messages", rx.Quiet.Published)
+	}
+	if !strings.Contains(stdout.String(), "receivers in storm") {
+		t.Errorf("no storm receivers row:\n%s", stdout.String())
 	}
 }
 
