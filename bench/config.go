@@ -116,8 +116,8 @@ type Config struct {
 	// Listen is where the floor scenario listens for its readers, on
 	// loopback. Default 127.0.0.1:0 (any free port). URL is ignored.
 	Listen string
-	// Receivers, for storm, are connections that stay up through it, on a
-	// channel of their own, to which the run publishes at Rate (default
+	// Receivers, for storm, are connections that stay up through it, in a
+	// child process of their own and on a channel of their own, to which the run publishes at Rate (default
 	// 100 msg/s) for Duration before the storm, the quiet phase, and again
 	// from the drop until every dropped connection is back: what clients
 	// that are not part of a storm see of it. 0 runs the storm alone.
@@ -216,7 +216,7 @@ func (c *Config) setDefaults() {
 		c.Rate = defaultReceiverRate
 	}
 	if c.Procs == 0 {
-		c.Procs = (c.dialed() + MaxShardConns - 1) / MaxShardConns
+		c.Procs = (c.Conns + MaxShardConns - 1) / MaxShardConns
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -251,16 +251,18 @@ func (c *Config) check() (*url.URL, error) {
 		return nil, errors.New("rate must not be negative")
 	case c.Duration < 0 || c.Timeout < 0:
 		return nil, errors.New("duration and timeout must not be negative")
-	case c.Procs < 1 || c.Procs > c.dialed():
-		return nil, fmt.Errorf("procs must be between 1 and conns (%d)", c.dialed())
-	case (c.dialed()+c.Procs-1)/c.Procs > MaxShardConns:
-		return nil, fmt.Errorf("%d processes would hold %d connections each, over the %d one process can", c.Procs, (c.dialed()+c.Procs-1)/c.Procs, MaxShardConns)
-	case c.Receivers < 0:
-		return nil, errors.New("receivers must not be negative")
+	case c.Procs < 1 || c.Procs > c.Conns:
+		return nil, fmt.Errorf("procs must be between 1 and conns (%d)", c.Conns)
+	case (c.Conns+c.Procs-1)/c.Procs > MaxShardConns:
+		return nil, fmt.Errorf("%d processes would hold %d connections each, over the %d one process can", c.Procs, (c.Conns+c.Procs-1)/c.Procs, MaxShardConns)
+	case c.Receivers < 0 || c.Receivers > MaxShardConns:
+		return nil, fmt.Errorf("receivers must be between 0 and %d: they have one process", MaxShardConns)
 	case c.Receivers > 0 && c.Scenario != Storm:
 		return nil, errors.New("receivers are a storm's: they stay up through it")
 	case c.Receivers > 0 && c.Publish == nil:
 		return nil, errors.New("a storm with receivers needs a Publish function")
+	case c.Receivers > 0 && c.ShardCommand == nil:
+		return nil, errors.New("receivers need a ShardCommand: they run in a child process of their own")
 	case c.Procs > 1 && c.ShardCommand == nil:
 		return nil, errors.New("more than one process needs a ShardCommand")
 	case c.Loops < 1 || c.Dialers < 1:

@@ -47,6 +47,22 @@ func TestChannelOf(t *testing.T) {
 	}
 }
 
+func TestNextSource(t *testing.T) {
+	for _, tc := range []struct {
+		sources [][]string
+		want    string
+	}{
+		{nil, "127.0.0.2"},
+		{[][]string{nil}, "127.0.0.2"},
+		{[][]string{{"127.0.0.2", "127.0.0.3"}, {"127.0.0.9"}}, "127.0.0.10"},
+		{[][]string{{"10.0.0.7"}}, "127.0.0.2"},
+	} {
+		if got := nextSource(tc.sources).String(); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.sources, got, tc.want)
+		}
+	}
+}
+
 func TestPlanShards(t *testing.T) {
 	const ports = 28232 // 11,292 connections per address
 	sizes, sources := planShards(19000, 1, nil, ports)
@@ -97,8 +113,9 @@ func TestConfigCheck(t *testing.T) {
 		{Config{Scenario: Floor, Channels: 2}, "ShardCommand"},
 		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Receivers: 10}, "storm's"},
 		{Config{Scenario: Storm, URL: "ws://h:1/ws", Receivers: 10}, "Publish"},
-		{Config{Scenario: Storm, URL: "ws://h:1/ws", Receivers: -1}, "negative"},
-		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Conns: 18000, Receivers: 1001, Procs: 1}, "over the 19000"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Receivers: -1}, "receivers must be"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Conns: 1000, Receivers: 19001}, "receivers must be"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Receivers: 10}, "ShardCommand"},
 	} {
 		tc.cfg.setDefaults()
 		_, err := tc.cfg.check()
@@ -115,12 +132,12 @@ func TestConfigCheck(t *testing.T) {
 }
 
 // Receivers come after the storm's connections, on a channel of their own
-// after the others, and count towards the processes needed.
+// after the others.
 func TestStormReceiversPlan(t *testing.T) {
 	cfg := Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: func(string, []byte) error { return nil },
 		Conns: 19000, Channels: 3, Receivers: 1000, ShardCommand: func(context.Context) *exec.Cmd { return nil }}
 	cfg.setDefaults()
-	if _, err := cfg.check(); err != nil || cfg.Procs != 2 || cfg.Rate != 100 || cfg.channelCount() != 4 {
+	if _, err := cfg.check(); err != nil || cfg.Procs != 1 || cfg.Rate != 100 || cfg.channelCount() != 4 {
 		t.Fatalf("procs %d, rate %v, channels %d: %v", cfg.Procs, cfg.Rate, cfg.channelCount(), err)
 	}
 	for i, want := range map[int]int{0: 0, 1: 1, 2: 2, 3: 0, 18999: 18999 % 3, 19000: 3, 19999: 3} {

@@ -238,7 +238,18 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 	if lo, hi, err := localPortRange(); err == nil {
 		ports = hi - lo + 1
 	}
-	sizes, sources := planShards(cfg.dialed(), cfg.Procs, cfg.SourceIPs, ports)
+	sizes, sources := planShards(cfg.Conns, cfg.Procs, cfg.SourceIPs, ports)
+	if cfg.Receivers > 0 {
+		// The receivers get a process of their own, so that what they
+		// measure is the server, not their own client busy with the
+		// storm's handshakes; and a source address of their own.
+		sizes = append(sizes, cfg.Receivers)
+		var own []string
+		if ip, err := netip.ParseAddr(r.target.Hostname()); err == nil && ip.IsLoopback() {
+			own = []string{nextSource(sources).String()}
+		}
+		sources = append(sources, own)
+	}
 	r.checkPorts(sizes, sources, ports)
 	first := 0
 	for i, n := range sizes {
@@ -265,8 +276,8 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 			}
 		}
 		// The floor's readers never share the writer's process: its CPU
-		// time is what the floor measures.
-		if cfg.Procs == 1 && cfg.Scenario != Floor {
+		// time is what the floor measures. Nor do a storm's receivers.
+		if len(sizes) == 1 && cfg.Scenario != Floor {
 			s, err := startShard(spec, cfg.Logger)
 			if err != nil {
 				return err
@@ -327,6 +338,20 @@ func planShards(conns, procs int, explicit []netip.Addr, ports int) (sizes []int
 		}
 	}
 	return sizes, sources
+}
+
+// nextSource is the loopback address after the highest in sources, or
+// 127.0.0.2 if there is none.
+func nextSource(sources [][]string) netip.Addr {
+	next := netip.AddrFrom4([4]byte{127, 0, 0, 2})
+	for _, list := range sources {
+		for _, src := range list {
+			if ip, err := netip.ParseAddr(src); err == nil && ip.Is4() && ip.As4()[0] == 127 && !ip.Less(next) {
+				next = ip.Next()
+			}
+		}
+	}
+	return next
 }
 
 // checkPorts warns when more connections share a source address than it
