@@ -123,6 +123,12 @@ type Config struct {
 	// that are not part of a storm see of it. 0 runs the storm alone.
 	Receivers int
 
+	// Tokens, when set, gives connection i (run-wide, receivers after the
+	// others) a token of its own, sent as Authorization: Bearer, as many
+	// clients with their own tokens would: a token in URL applies to all.
+	// It is called for every connection before any connects.
+	Tokens func(i int) (string, error)
+
 	// Publish sends data on a NATS subject; fanout needs it (floor writes
 	// the frames itself).
 	Publish func(subject string, data []byte) error

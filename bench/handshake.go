@@ -49,9 +49,15 @@ func newUpgradeRequest(target *url.URL, channel string, raw bool) upgradeRequest
 	return upgradeRequest{head: b}
 }
 
-func (r upgradeRequest) append(dst []byte, key []byte) []byte {
+// append appends the request with key, and with token as a bearer token
+// unless it is empty.
+func (r upgradeRequest) append(dst []byte, key []byte, token string) []byte {
 	dst = append(dst, r.head...)
 	dst = append(dst, key...)
+	if token != "" {
+		dst = append(dst, "\r\nAuthorization: Bearer "...)
+		dst = append(dst, token...)
+	}
 	return append(dst, upgradeRequestTail...)
 }
 

@@ -15,7 +15,7 @@ const testKey = "dGhlIHNhbXBsZSBub25jZQ=="
 
 func TestUpgradeRequest(t *testing.T) {
 	u, _ := url.Parse("ws://127.0.0.1:8080/ws?token=abc")
-	req := newUpgradeRequest(u, "bench.x.0", true).append(nil, []byte(testKey))
+	req := newUpgradeRequest(u, "bench.x.0", true).append(nil, []byte(testKey), "")
 	var r codec.Request
 	if err := codec.ParseRequest(req, &r); err != nil {
 		t.Fatalf("%v:\n%s", err, req)
@@ -27,6 +27,16 @@ func TestUpgradeRequest(t *testing.T) {
 	}
 	if !bytes.Contains(req, []byte("GET /ws?channel=bench.x.0&format=raw&token=abc HTTP/1.1\r\n")) {
 		t.Errorf("request line:\n%s", req)
+	}
+	if bytes.Contains(req, []byte("Authorization")) {
+		t.Errorf("a bearer token nobody gave:\n%s", req)
+	}
+	bearer := newUpgradeRequest(u, "bench.x.0", false).append(nil, []byte(testKey), "T.O.K")
+	if err := codec.ParseRequest(bearer, &r); err != nil {
+		t.Fatalf("%v:\n%s", err, bearer)
+	}
+	if !bytes.HasSuffix(bearer, []byte(testKey+"\r\nAuthorization: Bearer T.O.K\r\n\r\n")) {
+		t.Errorf("bearer token:\n%s", bearer)
 	}
 	resp, err := parseUpgradeResponse(answer, []byte(testKey), nil)
 	if err != nil || resp.status != 101 {

@@ -269,6 +269,16 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 			HandshakeTimeout: cfg.HandshakeTimeout,
 			Deadline:         deadline.Add(finishGrace / 2),
 		}
+		if cfg.Tokens != nil {
+			spec.Tokens = make([]string, n)
+			for j := range spec.Tokens {
+				t, err := cfg.Tokens(first + j)
+				if err != nil {
+					return fmt.Errorf("token for connection %d: %w", first+j, err)
+				}
+				spec.Tokens[j] = t
+			}
+		}
 		first += n
 		for _, src := range sources[i] {
 			if !contains(r.res.SourceIPs, src) {
@@ -574,7 +584,7 @@ func (r *runner) warmServer(ctx context.Context) error {
 		}
 		conns = append(conns, c)
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write(req.append(nil, key)); err != nil {
+		if _, err := c.Write(req.append(nil, key, "")); err != nil {
 			return err
 		}
 		head, err := readResponseHead(bufio.NewReader(c))

@@ -33,6 +33,7 @@ type shardSpec struct {
 	Channels         int           `json:"channels"`
 	Hot              bool          `json:"hot"`
 	StayFrom         int           `json:"stay_from,omitempty"` // run-wide index of the first receiver, 0 for none
+	Tokens           []string      `json:"tokens,omitempty"`    // each connection's bearer token, when they have their own
 	Raw              bool          `json:"raw"`
 	First            int           `json:"first"` // run-wide index of the shard's first connection
 	Conns            int           `json:"conns"`
@@ -682,7 +683,11 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		}
 	}
 	base64.StdEncoding.Encode(c.key[:], raw[:])
-	l.buf = h.s.requests[c.channel].append(l.buf[:0], c.key[:])
+	var token string
+	if h.s.spec.Tokens != nil {
+		token = h.s.spec.Tokens[c.index]
+	}
+	l.buf = h.s.requests[c.channel].append(l.buf[:0], c.key[:], token)
 	return l.buf, gnet.None // written before OnOpen's caller returns
 }
 

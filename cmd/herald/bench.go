@@ -11,14 +11,18 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/herald-ws/herald/bench"
+	"github.com/herald-ws/herald/engine/push/auth"
 )
 
 const benchAbout = `Opens many WebSocket connections to a Herald server, runs one scenario and
@@ -101,6 +105,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&channels, "channels", "spread the connections over `N` channels, named PREFIX.RUN.K; per-conn gives each connection a channel of its own (N = --conns)")
 	fs.BoolVar(&cfg.Hot, "hot", false, "put half the connections on one hot channel and spread the rest over the others (default: spread evenly)")
 	token := fs.String("token", "", "JWT every connection presents as ?token= (mint one with herald token; it must permit the bench's channels, e.g. --subscribe 'bench.>')")
+	tokenKey := fs.String("token-key", "", "give every connection a token of its own (sub bench-N, subscribe PREFIX.>, valid an hour), signed with the RSA or EC private key in this PEM `FILE` and sent as Authorization: Bearer, as clients with their own tokens do; for a server started with --auth-public-key and the public half")
 	raw := fs.Bool("raw", false, "subscribe with format=raw (bare payloads) instead of the default JSON envelope")
 	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench", "first part of every channel name; a random run id follows it")
 	fs.IntVar(&cfg.Messages, "messages", 200, "fanout, floor: messages to publish, round robin over the channels; 0 with --rate publishes until --duration")
@@ -150,6 +155,21 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		q.Set("token", *token)
 		u.RawQuery = q.Encode()
 		cfg.URL = u.String()
+	}
+	if *tokenKey != "" {
+		if *token != "" {
+			fmt.Fprintln(stderr, "give --token or --token-key, not both")
+			return errUsage
+		}
+		key, alg, err := readSigningKey("token-key", *tokenKey)
+		if err != nil {
+			return err
+		}
+		tokens, err := mintBenchTokens(key, alg, cfg.ChannelPrefix+".>", cfg.Conns+cfg.Receivers)
+		if err != nil {
+			return err
+		}
+		cfg.Tokens = func(i int) (string, error) { return tokens[i], nil }
 	}
 	if cfg.Rates, err = bench.ParseRates(*rates); err != nil {
 		return err
@@ -283,4 +303,29 @@ func runBenchShard(spec string, stdout, stderr io.Writer) error {
 	signal.Ignore(os.Interrupt)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	return bench.RunShard(context.Background(), spec, os.Stdin, stdout, log)
+}
+
+// mintBenchTokens signs n tokens, one per bench connection, on every core:
+// an RSA signature takes about a millisecond.
+func mintBenchTokens(key any, alg, subscribe string, n int) ([]string, error) {
+	tokens := make([]string, n)
+	now := time.Now()
+	var next atomic.Int64
+	errs := make([]error, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for w := range errs {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				c := auth.Claims{Subject: "bench-" + strconv.Itoa(i), Subscribe: []string{subscribe}, Expires: now.Add(time.Hour)}
+				t, err := auth.Mint(key, alg, c, now)
+				if err != nil {
+					errs[w] = fmt.Errorf("mint a token for connection %d: %w", i, err)
+					return
+				}
+				tokens[i] = t
+			}
+		})
+	}
+	wg.Wait()
+	return tokens, errors.Join(errs...)
 }

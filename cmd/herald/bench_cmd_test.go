@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,10 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-
 	"github.com/herald-ws/herald/bench"
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push/auth"
 )
 
@@ -154,22 +156,27 @@ func TestBenchStorm(t *testing.T) {
 	}
 }
 
-// A storm with receivers over two child processes, every connection with
-// an RS256 token: the receivers stay up, are published to before and
-// during the storm, and get every message of both phases exactly once.
+// A storm with receivers over two child processes (and the receivers' own),
+// every connection with an RS256 token of its own: the receivers stay up,
+// are published to before and during the storm, and get every message of
+// both phases exactly once.
 func TestBenchStormReceivers(t *testing.T) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := startTestHerald(t, heraldConfig{Auth: &auth.Config{PublicKeyPEM: pemPublicKey(t, &key.PublicKey)}})
-	token := sign(t, jwt.SigningMethodRS256, key, jwt.MapClaims{
-		"sub": "bench", "exp": time.Now().Add(time.Hour).Unix(), "subscribe": []string{"bench.>"},
-	})
+	var logs enginetest.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h := startTestHerald(t, heraldConfig{Auth: &auth.Config{PublicKeyPEM: pemPublicKey(t, &key.PublicKey), Logger: log}})
+	keyFile := filepath.Join(t.TempDir(), "bench.pem")
+	pemKey := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	if err := os.WriteFile(keyFile, pemKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(t.TempDir(), "storm.json")
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"bench", "storm",
-		"--url", "ws://" + h.srv.Addr() + "/ws", "--token", token,
+		"--url", "ws://" + h.srv.Addr() + "/ws", "--token-key", keyFile,
 		"--nats", h.broker.ClientURL(),
 		"--conns", "400", "--receivers", "100", "--rate", "200", "--duration", "1s",
 		"--procs", "2", "--loops", "1", "--dialers", "8",
@@ -180,8 +187,11 @@ func TestBenchStormReceivers(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	if strings.Contains(stdout.String()+stderr.String(), token) {
-		t.Fatal("the token is in the output")
+	if strings.Contains(stdout.String()+stderr.String()+logs.String(), "eyJ") {
+		t.Fatalf("a token is in the output or the server's logs:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "auth") {
+		t.Fatalf("no auth log lines at debug to check:\n%s", logs.String())
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {

@@ -69,22 +69,13 @@ Examples:
 	var key any
 	switch {
 	case *keyFile != "":
-		b, err := os.ReadFile(*keyFile)
+		k, keyAlg, err := readSigningKey("key", *keyFile)
 		if err != nil {
-			return fmt.Errorf("read --key: %w", err)
+			return usageErr("%v", err)
 		}
-		if k, err := jwt.ParseRSAPrivateKeyFromPEM(b); err == nil {
-			key = k
-			if *alg == "" {
-				*alg = "RS256"
-			}
-		} else if k, err := jwt.ParseECPrivateKeyFromPEM(b); err == nil {
-			key = k
-			if *alg == "" {
-				*alg = "ES" + strconv.Itoa(ecBits(k.Curve.Params().BitSize))
-			}
-		} else {
-			return usageErr("--key %s: not a PEM RSA or EC private key", *keyFile)
+		key = k
+		if *alg == "" {
+			*alg = keyAlg
 		}
 	case *secretFile != "":
 		b, err := os.ReadFile(*secretFile)
@@ -126,6 +117,23 @@ Examples:
 	}
 	_, err = fmt.Fprintln(stdout, token)
 	return err
+}
+
+// readSigningKey reads the PEM private key in file (the flag --name) and
+// returns it with the algorithm it signs: RS256 for RSA, ES256, ES384 or
+// ES512 for EC by curve.
+func readSigningKey(name, file string) (key any, alg string, err error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, "", fmt.Errorf("read --%s: %w", name, err)
+	}
+	if k, err := jwt.ParseRSAPrivateKeyFromPEM(b); err == nil {
+		return k, "RS256", nil
+	}
+	if k, err := jwt.ParseECPrivateKeyFromPEM(b); err == nil {
+		return k, "ES" + strconv.Itoa(ecBits(k.Curve.Params().BitSize)), nil
+	}
+	return nil, "", fmt.Errorf("--%s %s: not a PEM RSA or EC private key", name, file)
 }
 
 // patternList splits the comma-separated patterns of --name and checks
