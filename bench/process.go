@@ -75,6 +75,19 @@ func RunShard(ctx context.Context, spec string, in io.Reader, out io.Writer, log
 	if err := json.Unmarshal([]byte(spec), &sp); err != nil {
 		return fmt.Errorf("bench shard: %s: %w", ShardEnv, err)
 	}
+	input := bufio.NewReader(in)
+	if sp.TokensFollow {
+		line, err := input.ReadBytes('\n')
+		if err == nil {
+			err = json.Unmarshal(line, &sp.Tokens)
+		}
+		if err == nil && len(sp.Tokens) != sp.Conns {
+			err = fmt.Errorf("%d tokens for %d connections", len(sp.Tokens), sp.Conns)
+		}
+		if err != nil {
+			return fmt.Errorf("bench shard %d: tokens on standard input: %w", sp.Index, err)
+		}
+	}
 	if !sp.Deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, sp.Deadline)
@@ -95,7 +108,7 @@ func RunShard(ctx context.Context, spec string, in io.Reader, out io.Writer, log
 	cmds := make(chan string)
 	go func() {
 		defer close(cmds)
-		sc := bufio.NewScanner(in)
+		sc := bufio.NewScanner(input)
 		for sc.Scan() {
 			select {
 			case cmds <- strings.TrimSpace(sc.Text()):
@@ -167,6 +180,11 @@ type waiter interface{ Wait() error }
 // reports, even past ctx: a run that timed out still wants its children's
 // results. Only a child that does not report when asked is killed.
 func startRemote(ctx context.Context, cfg *Config, spec shardSpec) (*remoteShard, error) {
+	// Tokens are too many for the environment (a few hundred bytes per
+	// connection): they follow on the child's standard input, as its
+	// first line.
+	tokens := spec.Tokens
+	spec.Tokens, spec.TokensFollow = nil, tokens != nil
 	js, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
@@ -190,6 +208,13 @@ func startRemote(ctx context.Context, cfg *Config, spec shardSpec) (*remoteShard
 	if err := cmd.Start(); err != nil {
 		kill()
 		return nil, fmt.Errorf("shard %d: start %s: %w", spec.Index, cmd.Path, err)
+	}
+	if tokens != nil {
+		line, _ := json.Marshal(tokens) // strings always marshal
+		if _, err := stdin.Write(append(line, '\n')); err != nil {
+			kill()
+			return nil, fmt.Errorf("shard %d: send its tokens: %w", spec.Index, err)
+		}
 	}
 	r := &remoteShard{
 		index: spec.Index,

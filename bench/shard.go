@@ -32,8 +32,9 @@ type shardSpec struct {
 	Prefix           string        `json:"prefix"` // channel prefix, run id included
 	Channels         int           `json:"channels"`
 	Hot              bool          `json:"hot"`
-	StayFrom         int           `json:"stay_from,omitempty"` // run-wide index of the first receiver, 0 for none
-	Tokens           []string      `json:"tokens,omitempty"`    // each connection's bearer token, when they have their own
+	StayFrom         int           `json:"stay_from,omitempty"`     // run-wide index of the first receiver, 0 for none
+	Tokens           []string      `json:"tokens,omitempty"`        // each connection's bearer token, when they have their own
+	TokensFollow     bool          `json:"tokens_follow,omitempty"` // a child reads Tokens from its standard input first
 	Raw              bool          `json:"raw"`
 	First            int           `json:"first"` // run-wide index of the shard's first connection
 	Conns            int           `json:"conns"`
