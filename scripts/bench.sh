@@ -17,6 +17,11 @@
 #   RATES   the overload sweep's rates, messages a second on one channel (default 10,50,200)
 #   ROUNDS  personal fan-out: messages to each connection's own channel (default 3)
 #   RUNS    how many times to run every scenario; figures are medians (default 1)
+#   ONLY    a comma-separated list of the scenarios to run, e.g. steady,floor
+#           (names as in the table: idle, idle-personal, idle-wide, burst,
+#           steady, floor, personal, personal-wide, personal-steady, sweep,
+#           storm); default all. RUNS=6 ONLY=steady,floor gives six
+#           side-by-side pairs of the steady fan-out and the floor.
 #   HERALD  a prebuilt herald binary to serve (default: build this tree)
 #   BENCH   a prebuilt herald binary to run the bench from (default: build this tree)
 #   ADDR    where the server listens (default 127.0.0.1:8080)
@@ -133,22 +138,26 @@ if [[ $sweep =~ ^([0-9]+)s$ ]]; then
   sweep_timeout=$(awk -v r="$rates" -v d="${BASH_REMATCH[1]}" 'BEGIN { printf "%ds", 60 + split(r, x, ",") * (d + 15) }')
 fi
 
+only=${ONLY:-}
+# want NAME: whether ONLY asks for scenario NAME.
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+
 for i in $(seq "$runs"); do
   [ -z "$report_only" ] || break
   [ "$runs" -gt 1 ] && echo "==== run $i of $runs"
-  run "idle-$i" idle --duration 10s --timeout 2m
-  run "idle-personal-$i" idle --channels per-conn --duration 10s --timeout 2m
-  run_wide "idle-wide-$i" idle --channels per-conn --duration 10s --timeout 2m
-  run "burst-$i" fanout --nats "nats://$nats" --channels 1 --messages 200 --size 64 --rate 0 --timeout 2m
-  run "steady-$i" fanout --nats "nats://$nats" --channels 1 --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
-  run_floor "floor-$i" --floor-writers "$(nproc)" --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
+  want idle && run "idle-$i" idle --duration 10s --timeout 2m
+  want idle-personal && run "idle-personal-$i" idle --channels per-conn --duration 10s --timeout 2m
+  want idle-wide && run_wide "idle-wide-$i" idle --channels per-conn --duration 10s --timeout 2m
+  want burst && run "burst-$i" fanout --nats "nats://$nats" --channels 1 --messages 200 --size 64 --rate 0 --timeout 2m
+  want steady && run "steady-$i" fanout --nats "nats://$nats" --channels 1 --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
+  want floor && run_floor "floor-$i" --floor-writers "$(nproc)" --messages 0 --size 64 --rate "$rate" --duration "$steady" --timeout 2m
   # Every message to a different socket: ROUNDS rounds as fast as possible,
   # then paced at 50,000 a second, one socket after another.
-  run "personal-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 0 --timeout 2m
-  run_wide "personal-wide-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 0 --timeout 2m
-  run "personal-steady-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 50000 --duration "$steady" --timeout 2m
-  run "sweep-$i" fanout --nats "nats://$nats" --channels 1 --rates "$rates" --size 64 --duration "$sweep" --timeout "$sweep_timeout"
-  run "storm-$i" storm --timeout 2m
+  want personal && run "personal-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 0 --timeout 2m
+  want personal-wide && run_wide "personal-wide-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 0 --timeout 2m
+  want personal-steady && run "personal-steady-$i" fanout --nats "nats://$nats" --channels per-conn --rounds "$rounds" --size 64 --rate 50000 --duration "$steady" --timeout 2m
+  want sweep && run "sweep-$i" fanout --nats "nats://$nats" --channels 1 --rates "$rates" --size 64 --duration "$sweep" --timeout "$sweep_timeout"
+  want storm && run "storm-$i" storm --timeout 2m
 done
 
 # get RUN JQ: one figure from one run's JSON, or n/a.
