@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -46,7 +47,15 @@ herald pub prices.AAPL '{"px":187.2}'  or  nats pub prices.AAPL '{"px":187.2}'.
 Plain HTTP on the same port: GET / (the live demo page, see herald demo)
 and GET /chat (a chat room; it needs --public-publish 'chat.*' for anonymous
 pages), which --no-demo turns off, GET /healthz (alive), GET /readyz (NATS
-connected and not draining) and GET /metrics (Prometheus).
+connected and not draining) and GET /metrics (Prometheus; --metrics=false
+turns it off there).
+
+--admin-listen starts a second, plain HTTP listener for operators, off the
+event loops and loopback unless a host is given: /metrics, /readyz (of this
+process, which behind --reuseport the public port cannot address),
+/debug/connections?sort=pending|age&limit=N (the sockets furthest behind,
+with their channels, user, age and unsent bytes), /debug/channels?limit=N
+(the channels with the most sockets here) and /debug/pprof/.
 
 SIGTERM or SIGINT drains: new connections are refused, open ones are closed
 with 1001 "going away" spread over --drain-timeout, then Herald exits 0. A
@@ -76,6 +85,8 @@ second signal exits at once.`, stderr)
 	fs.Var(&origins, "allowed-origins", "comma-separated browser `origins` whose pages may connect, e.g. https://app.example.com,https://*.example.com; others get 403 (default: any origin; requests without an Origin header are always allowed)")
 	access := addAccessFlags(fs)
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
+	adminListen := fs.String("admin-listen", "", "`address` of the admin listener (/metrics, /readyz, /debug/connections, /debug/channels, /debug/pprof/), e.g. :9090;\nwithout a host it binds loopback (127.0.0.1); a host that is not loopback is allowed but logged as a warning, since it shows users and client addresses (default: off)")
+	publicMetrics := fs.Bool("metrics", true, "serve /metrics on --listen; --metrics=false keeps it to the admin listener, for deployments that must not expose it")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	if err := parseFlags(fs, args); err != nil {
@@ -127,11 +138,16 @@ second signal exits at once.`, stderr)
 		NATSSecurity: natsSecurity(),
 		NATSListen:   *natsListen,
 		NATSWide:     splitList(*natsWide),
+		Admin:        *adminListen,
+		NoMetrics:    !*publicMetrics,
 	})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "herald listening on %s (ws://%s%s), publish to NATS at %s\n", h.srv.Addr(), h.srv.Addr(), push.Path, h.broker.RedactedURL())
+	if h.admin != nil {
+		fmt.Fprintf(stdout, "herald admin on http://%s/\n", h.admin.Addr())
+	}
 	settleCtx, stopSettling := context.WithCancel(context.Background())
 	defer stopSettling()
 	go settleMemory(settleCtx, h.srv, log)
@@ -175,6 +191,11 @@ type heraldConfig struct {
 	// NATSSecurity authenticates to the external NATS and secures the link.
 	NATSSecurity pubsub.Security
 	NATSWide     []string // pubsub.Config.Wide
+	// Admin is the admin listener's address (see resolveAdminAddr); ""
+	// for none.
+	Admin string
+	// NoMetrics keeps /metrics off the public port.
+	NoMetrics bool
 }
 
 // herald is a running server: the engine, the push protocol on it, and
@@ -184,6 +205,8 @@ type herald struct {
 	hub      *push.Hub
 	broker   *pubsub.Broker
 	verifier *auth.Verifier // nil without auth
+	metrics  *metrics       // one registry for the public port and the admin listener
+	admin    *adminServer   // nil without --admin-listen
 }
 
 // startHerald connects to NATS (or starts the embedded server) and starts
@@ -219,14 +242,21 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 	cfg.Push.Logger = cfg.Engine.Logger
 	h.hub = push.New(cfg.Push)
 	cfg.Engine.Endpoints = map[string]engine.Endpoint{push.Path: h.hub.Endpoint()}
-	cfg.Engine.HTTP = mergeHandlers(cfg.Engine.HTTP, map[string]engine.HTTPHandler{
-		"/metrics": newMetrics(h).serve,
-		"/readyz":  h.serveReady,
-	})
+	h.metrics = newMetrics(h)
+	routes := map[string]engine.HTTPHandler{"/readyz": h.serveReady}
+	if !cfg.NoMetrics {
+		routes["/metrics"] = h.metrics.serve
+	}
+	cfg.Engine.HTTP = mergeHandlers(cfg.Engine.HTTP, routes)
 	srv, err := engine.New(cfg.Engine)
 	if err == nil {
 		h.srv = srv
 		err = srv.Start()
+	}
+	if err == nil && cfg.Admin != "" {
+		if h.admin, err = startAdmin(h, cfg.Admin, cfg.Engine.Logger); err != nil {
+			_ = srv.Stop(context.Background())
+		}
 	}
 	if err != nil {
 		h.hub.Close()
@@ -287,7 +317,11 @@ func (h *herald) serveReady(dst []byte, _ *codec.Request) ([]byte, int, string) 
 
 // stop closes every connection, then the NATS connection.
 func (h *herald) stop(ctx context.Context) error {
-	err := h.srv.Stop(ctx)
+	var adminErr error
+	if h.admin != nil {
+		adminErr = h.admin.close(ctx)
+	}
+	err := errors.Join(h.srv.Stop(ctx), adminErr)
 	h.hub.Close()
 	h.broker.Close()
 	h.closeVerifier()
