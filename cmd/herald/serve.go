@@ -17,6 +17,7 @@ import (
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/engine/push/auth"
 	"github.com/herald-ws/herald/pubsub"
+	"github.com/herald-ws/herald/pubsub/history"
 )
 
 // echoMaxMessageSize is the message limit in echo mode unless one is given:
@@ -75,6 +76,7 @@ second signal exits at once.`, stderr)
 	var origins originList
 	fs.Var(&origins, "allowed-origins", "comma-separated browser `origins` whose pages may connect, e.g. https://app.example.com,https://*.example.com; others get 403 (default: any origin; requests without an Origin header are always allowed)")
 	access := addAccessFlags(fs)
+	hist := addHistoryFlags(fs)
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
@@ -92,6 +94,13 @@ second signal exits at once.`, stderr)
 	}
 	if authCfg != nil {
 		authCfg.Logger = log
+	}
+	histCfg, err := hist.config(*natsURL != "")
+	if err != nil {
+		return err
+	}
+	if histCfg != nil {
+		histCfg.Logger = log
 	}
 	if *maxAcceptRate == 0 {
 		*maxAcceptRate = -1 // the engine's "no limit"
@@ -127,6 +136,8 @@ second signal exits at once.`, stderr)
 		NATSSecurity: natsSecurity(),
 		NATSListen:   *natsListen,
 		NATSWide:     splitList(*natsWide),
+		History:      histCfg,
+		DataDir:      hist.storeDir(),
 	})
 	if err != nil {
 		return err
@@ -175,6 +186,10 @@ type heraldConfig struct {
 	// NATSSecurity authenticates to the external NATS and secures the link.
 	NATSSecurity pubsub.Security
 	NATSWide     []string // pubsub.Config.Wide
+	// History serves channel history from JetStream; nil for none. With
+	// the embedded NATS, JetStream keeps its files under DataDir.
+	History *history.Config
+	DataDir string
 }
 
 // herald is a running server: the engine, the push protocol on it, and
@@ -184,6 +199,7 @@ type herald struct {
 	hub      *push.Hub
 	broker   *pubsub.Broker
 	verifier *auth.Verifier // nil without auth
+	history  *history.Store // nil without history
 }
 
 // startHerald connects to NATS (or starts the embedded server) and starts
@@ -203,19 +219,30 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 		cfg.Push.Verify = v.Verify
 	}
 	broker, err := pubsub.Start(pubsub.Config{
-		URL:      cfg.NATS,
-		Security: cfg.NATSSecurity,
-		Listen:   cfg.NATSListen,
-		Wide:     cfg.NATSWide,
-		Handler:  h,
-		Logger:   cfg.Engine.Logger,
+		URL:       cfg.NATS,
+		Security:  cfg.NATSSecurity,
+		Listen:    cfg.NATSListen,
+		Wide:      cfg.NATSWide,
+		Handler:   h,
+		Logger:    cfg.Engine.Logger,
+		JetStream: cfg.History != nil && cfg.NATS == "",
+		StoreDir:  cfg.DataDir,
 	})
 	if err != nil {
 		h.closeVerifier()
 		return nil, err
 	}
 	h.broker = broker
-	cfg.Push.Bus = natsBus{broker}
+	cfg.Push.Bus = natsBus{Broker: broker}
+	if cfg.History != nil {
+		if err := h.openHistory(*cfg.History); err != nil {
+			broker.Close()
+			h.closeVerifier()
+			return nil, err
+		}
+		cfg.Push.Bus = natsBus{Broker: broker, history: h.history}
+		cfg.Push.History = hubHistory{h.history}
+	}
 	cfg.Push.Logger = cfg.Engine.Logger
 	h.hub = push.New(cfg.Push)
 	cfg.Engine.Endpoints = map[string]engine.Endpoint{push.Path: h.hub.Endpoint()}
@@ -230,6 +257,7 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 	}
 	if err != nil {
 		h.hub.Close()
+		h.closeHistory()
 		broker.Close()
 		h.closeVerifier()
 		return nil, err
@@ -248,7 +276,18 @@ func (h *herald) closeVerifier() {
 func (h *herald) Message(subject string, data []byte, subs []uint64) {
 	h.hub.Message(subject, data, subs)
 }
-func (h *herald) Live(id uint64, err error) { h.hub.Live(id, err) }
+func (h *herald) Live(id uint64, err error) {
+	if h.history != nil {
+		h.history.Live(id, err) // its tail first: the hub's loops may ask it at once
+	}
+	h.hub.Live(id, err)
+}
+
+func (h *herald) closeHistory() {
+	if h.history != nil {
+		h.history.Close()
+	}
+}
 
 // splitList reads a comma-separated flag: the items trimmed, empty ones
 // left out (pubsub validates what they say).
@@ -289,6 +328,7 @@ func (h *herald) serveReady(dst []byte, _ *codec.Request) ([]byte, int, string) 
 func (h *herald) stop(ctx context.Context) error {
 	err := h.srv.Stop(ctx)
 	h.hub.Close()
+	h.closeHistory()
 	h.broker.Close()
 	h.closeVerifier()
 	return err
