@@ -239,3 +239,127 @@ func TestHistoryResumeAndSnapshot(t *testing.T) {
 	sendCommand(t, purged, `{"op":"subscribe","channel":"chat.a","since":1,"id":"x"}`)
 	expectFrames(t, purged, `ack "x" chat.a false`)
 }
+
+// historyClient is a gorilla client following one history channel: it
+// keeps the seq of what it read, and the epoch, to resume.
+type historyClient struct {
+	conn  *websocket.Conn
+	seqs  []uint64
+	data  []string
+	epoch string
+}
+
+// read takes n envelopes (acks are noted for their epoch); it stops early,
+// without failing, when the connection breaks and broken is true.
+func (c *historyClient) read(t testing.TB, n int, broken bool) {
+	t.Helper()
+	for got := 0; got < n; {
+		_ = c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, msg, err := c.conn.ReadMessage()
+		if err != nil {
+			if broken {
+				return
+			}
+			t.Fatalf("read after %d of %d: %v", got, n, err)
+		}
+		var f historyFrame
+		if err := json.Unmarshal(msg, &f); err != nil {
+			t.Fatalf("frame %q: %v", msg, err)
+		}
+		switch {
+		case f.Op == "ack":
+			if f.Recovered != nil && !*f.Recovered {
+				t.Fatalf("resume acked recovered:false: %s", msg)
+			}
+			if f.Epoch != nil {
+				c.epoch = *f.Epoch
+			}
+		case f.Op == "":
+			c.seqs = append(c.seqs, f.Seq)
+			c.data = append(c.data, string(f.Data))
+			got++
+		}
+	}
+}
+
+// kill -9 Herald while a client is behind and another (herald sub)
+// follows: started again with the same --data-dir, the stream is there
+// with the same epoch, the client resumes with since from the last seq it
+// read and gets every later message once, in order, including those
+// published while it was away; herald sub, reconnecting by itself, prints
+// every message once, in order.
+func TestHistoryResumeAfterKill9(t *testing.T) {
+	dir := t.TempDir()
+	addr, natsAddr := freeAddr(t), freeAddr(t)
+	args := []string{"--history", "chat.>", "--data-dir", dir}
+	cmd, _, natsURL := startHeraldProcessAt(t, addr, natsAddr, args...)
+
+	publish := func(from, to int) {
+		t.Helper()
+		nc, err := nats.Connect(natsURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc)
+		for i := from; i <= to; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if _, err := js.Publish(ctx, "chat.k", []byte(strconv.Itoa(i))); err != nil {
+				t.Fatalf("publish %d: %v", i, err)
+			}
+			cancel()
+		}
+	}
+	sub := startSub(t, subConfig{URL: "ws://" + addr + "/ws", Channels: []string{"chat.k"},
+		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 300 * time.Millisecond})
+	waitOutput(t, &sub.stderr, "subscribed to chat.k\n", 20*time.Second)
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?channel=chat.k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &historyClient{conn: conn}
+	expectConnected(t, conn)
+	publish(1, 50)
+	waitOutput(t, &sub.stdout, "chat.k 50\n", 20*time.Second) // stored and passed on
+	c.read(t, 10, false)                                      // the client is behind: 40 more wait for it
+	if err := cmd.Process.Kill(); err != nil {                // kill -9
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	c.read(t, 50, true) // what reached its socket before the kill
+	conn.Close()
+	waitOutput(t, &sub.stderr, "reconnecting in ", 20*time.Second)
+
+	startHeraldProcessAt(t, addr, natsAddr, args...)
+	publish(51, 60) // while the client is away
+	last := c.seqs[len(c.seqs)-1]
+	conn, _, err = websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/ws?channel=chat.k&since=%d&epoch=%s", addr, last, c.epoch), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c.conn = conn
+	expectConnected(t, conn)
+	c.read(t, 60-int(last), false)
+	if ack := readHistoryFrame(t, conn); ack.String() != "ack - chat.k true" || *ack.Epoch != c.epoch {
+		t.Fatalf("after the replay: %s; want the ack, recovered, epoch %s as before the kill", ack.raw, c.epoch)
+	}
+	publish(61, 62)
+	c.read(t, 2, false)
+	for i, seq := range c.seqs {
+		if seq != uint64(i+1) || c.data[i] != strconv.Itoa(i+1) {
+			t.Fatalf("message %d: seq %d data %s; want seq and data %d (all: %v)", i, seq, c.data[i], i+1, c.seqs)
+		}
+	}
+	if len(c.seqs) != 62 {
+		t.Fatalf("%d messages, want 62", len(c.seqs))
+	}
+	waitOutput(t, &sub.stdout, "chat.k 62\n", 20*time.Second)
+	var want strings.Builder
+	for i := 1; i <= 62; i++ {
+		fmt.Fprintf(&want, "chat.k %d\n", i)
+	}
+	if got := sub.stdout.String(); got != want.String() {
+		t.Errorf("herald sub printed:\n%s\nwant 1 to 62 once each, in order", got)
+	}
+}
