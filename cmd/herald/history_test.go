@@ -319,6 +319,12 @@ func TestHistoryResumeAfterKill9(t *testing.T) {
 	}
 	c := &historyClient{conn: conn}
 	expectConnected(t, conn)
+	sendCommand(t, conn, `{"op":"subscribe","channel":"chat.k","id":1}`) // for the epoch, which the URL's channels are not acked with
+	if ack := readHistoryFrame(t, conn); ack.Epoch == nil {
+		t.Fatalf("ack %s has no epoch", ack.raw)
+	} else {
+		c.epoch = *ack.Epoch
+	}
 	publish(1, 50)
 	waitOutput(t, &sub.stdout, "chat.k 50\n", 20*time.Second) // stored and passed on
 	c.read(t, 10, false)                                      // the client is behind: 40 more wait for it
