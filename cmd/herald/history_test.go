@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/pubsub/history"
+	"github.com/herald-ws/herald/pubsub/natstest"
 )
 
 // historyFrame is any frame Herald sends on a history channel: an
@@ -212,20 +214,56 @@ func TestHistoryResumeAndSnapshot(t *testing.T) {
 		})
 	}
 
+	// Permissions apply to since and last as to any subscribe.
+	for _, cmd := range []string{
+		`{"op":"subscribe","channel":"*.a","since":0,"id":"f"}`,
+		`{"op":"subscribe","channel":"_HERALD.HERALD.chat.a","last":true,"id":"f"}`,
+	} {
+		conn := dialWS(t, h.herald, "")
+		sendCommand(t, conn, cmd)
+		if f := readHistoryFrame(t, conn); f.Op != "error" || f.Code != "forbidden" {
+			t.Errorf("%s: %s, want a forbidden error and no replay", cmd, f.raw)
+		}
+	}
+
+	// Overlap: a pattern and a subject it covers, both resumed from the
+	// same position, get each message once; live ones too.
+	both := dialWS(t, h.herald, "")
+	sendCommand(t, both, `{"op":"subscribe","channel":"chat.>","since":0,"id":"p"}`)
+	sendCommand(t, both, `{"op":"subscribe","channel":"chat.a","since":0,"id":"s"}`)
+	var envelopes, acks []string
+	for range 5 {
+		f := readHistoryFrame(t, both)
+		if f.Op == "ack" {
+			acks = append(acks, f.String())
+		} else {
+			envelopes = append(envelopes, f.String())
+		}
+	}
+	slices.Sort(acks)
+	if got := strings.Join(envelopes, ",") + " " + strings.Join(acks, ","); got != `chat.a 1 {"n":1},chat.a 2 {"n":2},chat.a 3 {"n":3} ack "p" chat.> true,ack "s" chat.a true` {
+		t.Fatalf("overlapping resumes: %s", got)
+	}
+
 	// Live after a resume: the next message once, right after the ack.
 	conn := dialWS(t, h.herald, "")
 	sendCommand(t, conn, `{"op":"subscribe","channel":"chat.>","since":2,"id":"g"}`)
 	expectFrames(t, conn, `chat.a 3 {"n":3}`, `ack "g" chat.> true`)
 	h.publish(t, "chat.b", `"b4"`)
 	expectFrames(t, conn, `chat.b 4 "b4"`)
+	expectFrames(t, both, `chat.b 4 "b4"`)
+	h.publish(t, "chat.a", `"a5"`)
+	expectFrames(t, both, `chat.a 5 "a5"`)
+	expectPong(t, both, 9) // and nothing else before it
+	expectFrames(t, live, `chat.a 5 "a5"`)
 
 	// Snapshot: the latest of every subject.
 	h.publish(t, "prices.x", "1", "prices.y", "2", "prices.x", "3")
 	snap := dialWS(t, h.herald, "")
 	sendCommand(t, snap, `{"op":"subscribe","channel":"prices.*","last":true,"id":"s"}`)
-	expectFrames(t, snap, `prices.y 6 2`, `prices.x 7 3`, `ack "s" prices.* true`)
+	expectFrames(t, snap, `prices.y 7 2`, `prices.x 8 3`, `ack "s" prices.* true`)
 	urlSnap := dialWS(t, h.herald, "channel=prices.*&last=1")
-	expectFrames(t, urlSnap, `prices.y 6 2`, `prices.x 7 3`, `ack - prices.* true`)
+	expectFrames(t, urlSnap, `prices.y 7 2`, `prices.x 8 3`, `ack - prices.* true`)
 
 	// A purge: the messages after since are gone.
 	str, err := h.js.Stream(context.Background(), history.DefaultStream)
@@ -367,5 +405,112 @@ func TestHistoryResumeAfterKill9(t *testing.T) {
 	}
 	if got := sub.stdout.String(); got != want.String() {
 		t.Errorf("herald sub printed:\n%s\nwant 1 to 62 once each, in order", got)
+	}
+}
+
+// On an external nats-server (a separate process with JetStream), Herald
+// serves the app's own stream: one that does not republish is refused at
+// startup with the nats stream edit line to run; --history-manage adds the
+// republish. Messages carry seq, a restart of nats-server loses nothing
+// the stream stored, and a resume after it replays from the stream.
+func TestHistoryExternalNATS(t *testing.T) {
+	srv := natstest.StartConfig(t, fmt.Sprintf("jetstream { store_dir: %q }", t.TempDir()))
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	_, err = startHerald(heraldConfig{
+		Engine:  engine.Config{Addr: "127.0.0.1:0", Loops: 2, Logger: logger},
+		NATS:    srv.URL(),
+		History: &history.Config{Streams: []string{"ORDERS"}, Logger: logger},
+	})
+	wantLine := "nats stream edit ORDERS --republish-source '>' --republish-destination '_HERALD.ORDERS.>'"
+	if err == nil || !strings.Contains(err.Error(), wantLine) {
+		t.Fatalf("start on a stream without republish: %v; want an error with %q", err, wantLine)
+	}
+	if info, _ := js.Stream(ctx, "ORDERS"); info.CachedInfo().Config.RePublish != nil {
+		t.Fatal("Herald changed the app's stream without --history-manage")
+	}
+
+	h := newHistoryHerald(t, startTestHerald(t, heraldConfig{
+		NATS:    srv.URL(),
+		History: &history.Config{Streams: []string{"ORDERS"}, Manage: true, Logger: logger},
+	}))
+	if info, _ := js.Stream(ctx, "ORDERS"); info.CachedInfo().Config.RePublish == nil {
+		t.Fatal("--history-manage did not add the republish")
+	}
+	live := dialWS(t, h.herald, "")
+	sendCommand(t, live, `{"op":"subscribe","channel":"orders.*","id":1}`)
+	expectFrames(t, live, "ack 1 orders.* -")
+	h.publish(t, "orders.a", "1", "orders.b", "2")
+	expectFrames(t, live, "orders.a 1 1", "orders.b 2 2")
+
+	srv.Restart() // killed and started again on its port, with its store
+	waitFor(t, 20*time.Second, "Herald reconnected to NATS", func() bool { return h.broker.Stats().Reconnects > 0 && h.broker.Connected() })
+	waitFor(t, 20*time.Second, "the publisher reconnected", h.nc.IsConnected)
+	settle(t, h.herald)
+	h.publish(t, "orders.a", "3")
+	expectFrames(t, live, "orders.a 3 3")
+
+	conn := dialWS(t, h.herald, "channel=orders.*&since=1")
+	expectFrames(t, conn, "orders.b 2 2", "orders.a 3 3", "ack - orders.* true")
+}
+
+// A snapshot over 1,000 subjects: the latest message of each, in one
+// round, then the ack; past --max-snapshot it is cut and says
+// recovered:false.
+func TestHistorySnapshotOf1000Subjects(t *testing.T) {
+	h := startHistoryHerald(t, "127.0.0.1:0", "127.0.0.1:-1", t.TempDir(), history.Config{Subjects: []string{"snap.>"}, MaxSnapshot: 1000})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var acks []jetstream.PubAckFuture
+	for round := range 2 {
+		for i := range 1000 {
+			f, err := h.js.PublishAsync(fmt.Sprintf("snap.a.%d", i), fmt.Appendf(nil, `{"round":%d}`, round))
+			if err != nil {
+				t.Fatal(err)
+			}
+			acks = append(acks, f)
+		}
+	}
+	select {
+	case <-h.js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("publishes not acked")
+	}
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatal(err)
+		}
+	}
+	h.publish(t, "snap.b.0", `{"round":1}`)
+	for _, tt := range []struct {
+		pattern   string
+		n         int
+		recovered bool
+	}{{"snap.a.*", 1000, true}, {"snap.>", 1000, false}} {
+		conn := dialWS(t, h.herald, "")
+		sendCommand(t, conn, `{"op":"subscribe","channel":"`+tt.pattern+`","last":true,"id":1}`)
+		seen := make(map[string]bool)
+		for range tt.n {
+			f := readHistoryFrame(t, conn)
+			if f.Op != "" || string(f.Data) != `{"round":1}` || seen[f.Channel] {
+				t.Fatalf("%s: %s, want the latest message of a subject not seen yet", tt.pattern, f.raw)
+			}
+			seen[f.Channel] = true
+		}
+		if f := readHistoryFrame(t, conn); f.String() != fmt.Sprintf("ack 1 %s %v", tt.pattern, tt.recovered) {
+			t.Fatalf("%s: after %d messages %s, want the ack recovered:%v", tt.pattern, tt.n, f.raw, tt.recovered)
+		}
 	}
 }

@@ -363,7 +363,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 				continue
 			}
 			if len(s.resumes) > 0 {
-				if r := s.resumeFor(owner); r != nil {
+				if r := s.resumeFor(owner); r != nil && !r.passed {
 					switch {
 					case !r.done:
 						// A socket too far behind is closed by hold, and
@@ -373,7 +373,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 					case d.seq != 0 && d.seq <= r.through:
 						continue // the replay had it
 					default:
-						s.dropResume(r) // past the seam
+						s.passSeam(r)
 					}
 				}
 			}

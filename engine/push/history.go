@@ -73,6 +73,7 @@ type resume struct {
 	req     HistoryRequest
 	started bool   // its replay was asked for
 	done    bool   // the replay was written
+	passed  bool   // a live message newer than the replay went by: the seam is behind
 	through uint64 // done: live messages up to this are the replay's
 	held    []byte // live frames held until the replay is written
 	heldAt  []heldFrame
@@ -108,6 +109,32 @@ func (s *session) dropResume(r *resume) {
 	if len(s.resumes) == 0 {
 		s.resumes = nil
 	}
+}
+
+// passSeam notes that r's seam is behind. Resumes are kept until every
+// one of the socket's is past its seam, so that overlapping resumes (a
+// pattern and a subject it covers) can tell what the other replayed.
+func (s *session) passSeam(r *resume) {
+	r.passed = true
+	for _, x := range s.resumes {
+		if !x.passed {
+			return
+		}
+	}
+	s.resumes = nil
+}
+
+// coveredByOther reports whether another resume of the socket replayed m
+// already: a pattern and a subject it covers, both resumed, get each
+// message once.
+func (s *session) coveredByOther(r *resume, m *StoredMessage) bool {
+	for _, x := range s.resumes {
+		if x != r && x.done && x.req.Resume && x.req.Since < m.Seq && m.Seq <= x.through &&
+			channel.Matches(x.topic.pattern(), m.Subject) {
+			return true
+		}
+	}
+	return false
 }
 
 // resuming reports whether c has a resume in progress; its deliveries
@@ -196,14 +223,15 @@ func (l *loopState) replayed(j *job) {
 	pattern := r.topic.pattern()
 	buf := l.replayBuf[:0]
 	n := 0
-	for _, m := range res.Msgs {
+	for i := range res.Msgs {
+		m := &res.Msgs[i]
 		if r.req.Resume && m.Seq <= r.req.Since && res.Recovered {
 			continue
 		}
-		if s.owner(m.Subject) != pattern {
-			continue // an overlapping subscription of the socket carries it
+		if s.coveredByOther(r, m) {
+			continue
 		}
-		buf = l.appendStored(buf, s.raw, m)
+		buf = l.appendStored(buf, s.raw, *m)
 		n++
 	}
 	buf = codec.AppendFrame(buf, ws.OpText, l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true))
@@ -221,7 +249,7 @@ func (l *loopState) replayed(j *job) {
 	r.held, r.heldAt = nil, nil
 	r.done, r.through = true, res.Through
 	if newer {
-		s.dropResume(r) // the seam is behind: everything from now on is newer
+		s.passSeam(r) // everything from now on is newer
 	}
 	if c.Send(buf) {
 		l.stats.deliveries.Add(uint64(n))
