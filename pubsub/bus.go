@@ -775,7 +775,7 @@ func (b *Broker) dispatch() {
 			return
 		}
 		b.messagesIn.Add(uint64(len(ids)))
-		b.handler.Message(m.Subject, m.Data, ids)
+		b.deliver(m, ids)
 	}
 }
 
@@ -829,7 +829,7 @@ func (d *dispatcher) straddling(m *nats.Msg) bool {
 	d.lastDelivered = true
 	if !d.b.quit.Load() {
 		d.b.messagesIn.Add(uint64(len(ids)))
-		d.b.handler.Message(m.Subject, m.Data, ids)
+		d.b.deliver(m, ids)
 	}
 	return true
 }
@@ -858,7 +858,7 @@ func (d *dispatcher) carryOver(last *nats.Msg) *nats.Msg {
 			cr.group = d.group
 			d.lastDelivered = true
 			b.messagesIn.Add(uint64(len(d.ids)))
-			b.handler.Message(c.Subject, c.Data, d.ids)
+			b.deliver(c, d.ids)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -25,19 +26,32 @@ const DefaultListen = "127.0.0.1:4222"
 // to accept connections.
 const embeddedReadyTimeout = 10 * time.Second
 
+// jetStreamOptions turn on the embedded server's JetStream.
+type jetStreamOptions struct {
+	storeDir string // file storage; nats-server adds "jetstream/" under it
+}
+
 // startEmbedded starts an in-process nats-server listening on listen and
 // waits until it accepts clients. Its logs go to log: warnings and errors at
 // their own level, notices at debug, debug and trace not at all.
-func startEmbedded(listen string, log *slog.Logger) (*server.Server, error) {
+func startEmbedded(listen string, log *slog.Logger, js *jetStreamOptions) (*server.Server, error) {
 	host, port, err := parseListen(listen)
 	if err != nil {
 		return nil, err
 	}
-	ns, err := server.NewServer(&server.Options{
+	opts := &server.Options{
 		Host:   host,
 		Port:   port,
 		NoSigs: true, // signals belong to Herald, not to a library
-	})
+	}
+	if js != nil {
+		if err := os.MkdirAll(js.storeDir, 0o750); err != nil {
+			return nil, fmt.Errorf("jetstream store: %w", err)
+		}
+		opts.JetStream = true
+		opts.StoreDir = js.storeDir
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, err
 	}

@@ -158,6 +158,12 @@ type Config struct {
 	// PublishAsync returns ErrPublishQueueFull. 0 = DefaultPublishQueue;
 	// negative is an error.
 	PublishQueue int
+	// JetStream runs the embedded server with JetStream, its file storage
+	// under StoreDir (created if missing), for channel history (see
+	// pubsub/history). Ignored when URL is set: an external server has
+	// JetStream or not on its own.
+	JetStream bool
+	StoreDir  string
 	// PublishQueueBytes bounds the same messages by their subject, header
 	// and data bytes; past it PublishAsync returns ErrPublishQueueFull.
 	// 0 = DefaultPublishQueueBytes; negative is an error.
@@ -168,6 +174,8 @@ type Config struct {
 // are safe for concurrent use.
 type Broker struct {
 	handler     Handler
+	sequenced   SequencedHandler // handler, if it takes republished messages
+	republished atomic.Pointer[[]string]
 	pendingMsgs int
 	log         *slog.Logger
 	logURL      string // the URL with passwords redacted, for logs
@@ -347,6 +355,7 @@ func Start(cfg Config) (*Broker, error) {
 		sweeperDone:  make(chan struct{}),
 	}
 	b.msgs = make(chan *nats.Msg, b.pendingMsgs)
+	b.sequenced, _ = cfg.Handler.(SequencedHandler)
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -379,7 +388,14 @@ func Start(cfg Config) (*Broker, error) {
 		if listen == "" {
 			listen = DefaultListen
 		}
-		ns, err := startEmbedded(listen, log)
+		var js *jetStreamOptions
+		if cfg.JetStream {
+			if cfg.StoreDir == "" {
+				return nil, errors.New("pubsub: Config.JetStream needs a StoreDir")
+			}
+			js = &jetStreamOptions{storeDir: cfg.StoreDir}
+		}
+		ns, err := startEmbedded(listen, log, js)
 		if err != nil {
 			return nil, fmt.Errorf("pubsub: start embedded nats server on %s: %w", listen, err)
 		}

@@ -162,10 +162,17 @@ func startSink(b *testing.B, addr string, n int, channel string) {
 // message handed to the engine and written to every one of 10,000
 // subscribed sockets. Allocations are counted in this process only, which
 // holds the server; the subscribers live in a child process.
-func BenchmarkBroadcast(b *testing.B) {
+func BenchmarkBroadcast(b *testing.B) { benchmarkBroadcast(b, false) }
+
+// BenchmarkBroadcastSeq is BenchmarkBroadcast on a history channel: every
+// envelope carries its stream sequence, one more per message.
+func BenchmarkBroadcastSeq(b *testing.B) { benchmarkBroadcast(b, true) }
+
+func benchmarkBroadcast(b *testing.B, withSeq bool) {
 	const subscribers = 10_000
 	h := startBroadcast(b, engine.Config{MaxOutbound: 64 << 20})
 	startSink(b, h.srv.Addr(), subscribers, "bench.hot")
+	seq := uint64(0)
 	ids := h.bus.IDs("bench.hot")
 	payload := []byte(`{"sym":"AAPL","px":187.25,"ts":1732180000000,"seq":123456789012}`)
 	if len(payload) != 64 {
@@ -175,7 +182,12 @@ func BenchmarkBroadcast(b *testing.B) {
 		start := time.Now()
 		want := h.hub.Stats().Deliveries + uint64(n)*subscribers
 		for range n {
-			h.hub.Message("bench.hot", payload, ids)
+			if withSeq {
+				seq++
+				h.hub.MessageSeq("bench.hot", payload, ids, seq)
+			} else {
+				h.hub.Message("bench.hot", payload, ids)
+			}
 		}
 		deadline := time.Now().Add(time.Minute)
 		for h.hub.Stats().Deliveries < want {

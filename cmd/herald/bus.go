@@ -5,12 +5,35 @@ import (
 
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/pubsub"
+	"github.com/herald-ws/herald/pubsub/history"
 )
 
 // natsBus is the push protocol's bus on the NATS broker. Client publishes
 // go out with headers that say who sent them; a client can set no header
 // of its own.
-type natsBus struct{ *pubsub.Broker }
+type natsBus struct {
+	*pubsub.Broker
+	history *history.Store // nil without history
+}
+
+// Subscribe subscribes a history channel at its stream's republish
+// destination, where every message carries its sequence, and any other
+// channel as it is.
+func (b natsBus) Subscribe(id uint64, pattern string) {
+	if b.history == nil {
+		b.Broker.Subscribe(id, pattern)
+		return
+	}
+	b.history.Subscribed(id, pattern)
+	b.Broker.Subscribe(id, b.history.Subject(pattern))
+}
+
+func (b natsBus) Unsubscribe(id uint64) {
+	if b.history != nil {
+		b.history.Unsubscribed(id)
+	}
+	b.Broker.Unsubscribe(id)
+}
 
 // The headers of a client publish.
 const (

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -355,13 +354,14 @@ func startHeraldProcess(t *testing.T, args ...string) (*exec.Cmd, string) {
 // of the process's NATS server, from its first line.
 func startHeraldProcessNATS(t *testing.T, args ...string) (*exec.Cmd, string, string) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cmd := exec.Command(os.Args[0], append([]string{"--", "serve", "--listen", addr, "--nats-listen", "127.0.0.1:-1", "--log-level", "warn"}, args...)...)
+	return startHeraldProcessAt(t, freeAddr(t), "127.0.0.1:-1", args...)
+}
+
+// startHeraldProcessAt is startHeraldProcessNATS on given addresses, so
+// that a restarted process is found where its clients look.
+func startHeraldProcessAt(t *testing.T, addr, natsAddr string, args ...string) (*exec.Cmd, string, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"--", "serve", "--listen", addr, "--nats-listen", natsAddr, "--log-level", "warn"}, args...)...)
 	// The race detector sleeps a second at exit unless told otherwise,
 	// which would count against the drain's bound.
 	cmd.Env = append(os.Environ(), heraldEnv+"=1", "GORACE=atexit_sleep_ms=0")

@@ -18,6 +18,7 @@ import (
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/engine/push/auth"
 	"github.com/herald-ws/herald/pubsub"
+	"github.com/herald-ws/herald/pubsub/history"
 )
 
 // echoMaxMessageSize is the message limit in echo mode unless one is given:
@@ -84,6 +85,7 @@ second signal exits at once.`, stderr)
 	var origins originList
 	fs.Var(&origins, "allowed-origins", "comma-separated browser `origins` whose pages may connect, e.g. https://app.example.com,https://*.example.com; others get 403 (default: any origin; requests without an Origin header are always allowed)")
 	access := addAccessFlags(fs)
+	hist := addHistoryFlags(fs)
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
 	adminListen := fs.String("admin-listen", "", "`address` of the admin listener (/metrics, /readyz, /debug/connections, /debug/channels, /debug/pprof/), e.g. :9090;\nwithout a host it binds loopback (127.0.0.1); a host that is not loopback is allowed but logged as a warning, since it shows users and client addresses (default: off)")
 	publicMetrics := fs.Bool("metrics", true, "serve /metrics on --listen; --metrics=false keeps it to the admin listener, for deployments that must not expose it")
@@ -103,6 +105,13 @@ second signal exits at once.`, stderr)
 	}
 	if authCfg != nil {
 		authCfg.Logger = log
+	}
+	histCfg, err := hist.config(*natsURL != "")
+	if err != nil {
+		return err
+	}
+	if histCfg != nil {
+		histCfg.Logger = log
 	}
 	if *maxAcceptRate == 0 {
 		*maxAcceptRate = -1 // the engine's "no limit"
@@ -140,6 +149,8 @@ second signal exits at once.`, stderr)
 		NATSWide:     splitList(*natsWide),
 		Admin:        *adminListen,
 		NoMetrics:    !*publicMetrics,
+		History:      histCfg,
+		DataDir:      hist.storeDir(),
 	})
 	if err != nil {
 		return err
@@ -196,6 +207,10 @@ type heraldConfig struct {
 	Admin string
 	// NoMetrics keeps /metrics off the public port.
 	NoMetrics bool
+	// History serves channel history from JetStream; nil for none. With
+	// the embedded NATS, JetStream keeps its files under DataDir.
+	History *history.Config
+	DataDir string
 }
 
 // herald is a running server: the engine, the push protocol on it, and
@@ -207,6 +222,7 @@ type herald struct {
 	verifier *auth.Verifier // nil without auth
 	metrics  *metrics       // one registry for the public port and the admin listener
 	admin    *adminServer   // nil without --admin-listen
+	history  *history.Store // nil without history
 }
 
 // startHerald connects to NATS (or starts the embedded server) and starts
@@ -226,19 +242,30 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 		cfg.Push.Verify = v.Verify
 	}
 	broker, err := pubsub.Start(pubsub.Config{
-		URL:      cfg.NATS,
-		Security: cfg.NATSSecurity,
-		Listen:   cfg.NATSListen,
-		Wide:     cfg.NATSWide,
-		Handler:  h,
-		Logger:   cfg.Engine.Logger,
+		URL:       cfg.NATS,
+		Security:  cfg.NATSSecurity,
+		Listen:    cfg.NATSListen,
+		Wide:      cfg.NATSWide,
+		Handler:   h,
+		Logger:    cfg.Engine.Logger,
+		JetStream: cfg.History != nil && cfg.NATS == "",
+		StoreDir:  cfg.DataDir,
 	})
 	if err != nil {
 		h.closeVerifier()
 		return nil, err
 	}
 	h.broker = broker
-	cfg.Push.Bus = natsBus{broker}
+	cfg.Push.Bus = natsBus{Broker: broker}
+	if cfg.History != nil {
+		if err := h.openHistory(*cfg.History); err != nil {
+			broker.Close()
+			h.closeVerifier()
+			return nil, err
+		}
+		cfg.Push.Bus = natsBus{Broker: broker, history: h.history}
+		cfg.Push.History = hubHistory{h.history}
+	}
 	cfg.Push.Logger = cfg.Engine.Logger
 	h.hub = push.New(cfg.Push)
 	cfg.Engine.Endpoints = map[string]engine.Endpoint{push.Path: h.hub.Endpoint()}
@@ -260,6 +287,7 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 	}
 	if err != nil {
 		h.hub.Close()
+		h.closeHistory()
 		broker.Close()
 		h.closeVerifier()
 		return nil, err
@@ -278,7 +306,18 @@ func (h *herald) closeVerifier() {
 func (h *herald) Message(subject string, data []byte, subs []uint64) {
 	h.hub.Message(subject, data, subs)
 }
-func (h *herald) Live(id uint64, err error) { h.hub.Live(id, err) }
+func (h *herald) Live(id uint64, err error) {
+	if h.history != nil {
+		h.history.Live(id, err) // its tail first: the hub's loops may ask it at once
+	}
+	h.hub.Live(id, err)
+}
+
+func (h *herald) closeHistory() {
+	if h.history != nil {
+		h.history.Close()
+	}
+}
 
 // splitList reads a comma-separated flag: the items trimmed, empty ones
 // left out (pubsub validates what they say).
@@ -323,6 +362,7 @@ func (h *herald) stop(ctx context.Context) error {
 	}
 	err := errors.Join(h.srv.Stop(ctx), adminErr)
 	h.hub.Close()
+	h.closeHistory()
 	h.broker.Close()
 	h.closeVerifier()
 	return err

@@ -24,6 +24,7 @@ type delivery struct {
 	json     *bytebufferpool.ByteBuffer
 	raw      *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
 	jsonAt   int                        // where the frame starts in json.B
+	seq      uint64                     // stream sequence on a history channel; 0 otherwise
 	arrived  time.Time                  // when the bus handed it over
 	refs     atomic.Int32
 }
@@ -47,6 +48,7 @@ func (h *Hub) recycle(d *delivery) {
 		bytebufferpool.Put(d.raw)
 	}
 	d.json, d.raw = nil, nil
+	d.seq = 0
 	clear(d.patterns)
 	d.patterns = d.patterns[:0]
 	d.subject = d.subject[:0]
@@ -97,6 +99,8 @@ type loopState struct {
 	inMulti   map[*engine.Conn]struct{}
 	gather    []byte
 	replyBuf  []byte
+	replayBuf []byte // a replay's frames
+	envBuf    []byte // one stored message's envelope
 }
 
 // loopStats are a loop's counters: atomic only so that a scrape can read
@@ -125,6 +129,7 @@ type waiter struct {
 	conn    *engine.Conn
 	id      []byte // the subscribe's id, copied; nil for none
 	upgrade bool
+	resume  *resume // a subscribe with since or last: replayed once live
 }
 
 // acceptWait is an upgrade held until its channels are live.
@@ -313,7 +318,7 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 		}
 		raw := isRaw(c)
 		switch {
-		case subCount(c) > 1:
+		case subCount(c) > 1 || resuming(c):
 			if _, seen := l.inMulti[c]; !seen {
 				l.inMulti[c] = struct{}{}
 				l.multi = append(l.multi, c)
@@ -356,6 +361,21 @@ func (l *loopState) deliverMulti(run []*delivery) {
 			owner := s.owner(d.subjectString())
 			if owner == "" || !slices.Contains(d.patterns, owner) {
 				continue
+			}
+			if len(s.resumes) > 0 {
+				if r := s.resumeFor(owner); r != nil && !r.passed {
+					switch {
+					case !r.done:
+						// A socket too far behind is closed by hold, and
+						// gets nothing more.
+						l.hold(c, r, d.frame(s.raw), d.seq)
+						continue
+					case d.seq != 0 && d.seq <= r.through:
+						continue // the replay had it
+					default:
+						s.passSeam(r)
+					}
+				}
 			}
 			buf = append(buf, d.frame(s.raw)...)
 			n++

@@ -66,6 +66,7 @@ func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 		l.forget(c) // refused: the engine forgets the socket, so must the hub
 		return err
 	}
+	l.resumeQuery(c, req.RawQuery)
 	if pending == 0 {
 		return nil
 	}
@@ -118,6 +119,16 @@ func (h *Hub) checkQuery(rawQuery []byte) (raw bool, token string, err error) {
 			if err := h.validate(q.value); err != nil {
 				return false, "", &codec.HTTPError{Status: 400, Reason: "channel " + strconv.Quote(q.value) + ": " + errorMessage(err)}
 			}
+		case "since":
+			if _, err := strconv.ParseUint(q.value, 10, 64); err != nil {
+				return false, "", &codec.HTTPError{Status: 400, Reason: "since must be a stream sequence, a whole number"}
+			}
+		case "last":
+			switch q.value {
+			case "1", "true", "0", "false", "":
+			default:
+				return false, "", &codec.HTTPError{Status: 400, Reason: `last must be "1" or "0"`}
+			}
 		case "format":
 			switch q.value {
 			case "json", "":
@@ -155,10 +166,13 @@ func (l *loopState) forget(c *engine.Conn) {
 //
 // user and expires are "" and 0 for an anonymous client.
 func (e endpoint) Opened(c *engine.Conn) {
+	l := e.h.loopFor(c)
+	// The URL's replays are asked for once the 101 is out, and come back
+	// through the inbox, after the greeting.
+	l.startReplays(c)
 	if isRaw(c) {
 		return
 	}
-	l := e.h.loopFor(c)
 	var user string
 	var expires int64
 	if id := identityOf(c); id != nil {
@@ -194,6 +208,11 @@ type command struct {
 	ID      json.RawMessage `json:"id"`
 	Data    json.RawMessage `json:"data"`  // publish
 	Token   string          `json:"token"` // refresh
+	// subscribe on a history channel: replay what was stored after Since
+	// (of the stream with Epoch), or the latest message of each subject.
+	Since *uint64 `json:"since"`
+	Epoch string  `json:"epoch"`
+	Last  bool    `json:"last"`
 }
 
 // Message handles a command from the client.
@@ -225,16 +244,29 @@ func (e endpoint) Message(c *engine.Conn, op ws.OpCode, payload []byte) {
 			return
 		}
 		_, waits, err := l.subscribe(c, cmd.Channel)
-		switch {
-		case err != nil:
+		if err != nil {
 			l.replyError(c, cmd.ID, err)
+			return
+		}
+		// The id outlives the payload it points into.
+		w := waiter{conn: c, id: append([]byte(nil), cmd.ID...)}
+		if _, hist := h.historyOf(cmd.Channel); hist && (cmd.Since != nil || cmd.Last) {
+			req := HistoryRequest{Epoch: cmd.Epoch, Snapshot: cmd.Last && cmd.Since == nil}
+			if cmd.Since != nil {
+				req.Resume, req.Since = true, *cmd.Since
+			}
+			// Live messages are held from now on; the replay is asked
+			// for once the channel is live, and acked after it.
+			w.resume = l.addResume(c, subAt(c, findSub(c, cmd.Channel)).topic, w.id, req)
+		}
+		switch {
 		case waits:
-			// Acked once the bus has the subscription; the id outlives the
-			// payload it points into.
 			t := l.topic[cmd.Channel]
-			l.waiting[t] = append(l.waiting[t], waiter{conn: c, id: append([]byte(nil), cmd.ID...)})
+			l.waiting[t] = append(l.waiting[t], w)
+		case w.resume != nil:
+			l.startReplay(c, w.resume)
 		default:
-			l.replyAck(c, cmd.ID, nil)
+			l.replySubscribed(c, cmd.ID, cmd.Channel)
 		}
 	case "unsubscribe":
 		l.unsubscribe(c, cmd.Channel)

@@ -2,6 +2,7 @@ package push
 
 import (
 	"encoding/json"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -14,17 +15,22 @@ import (
 const envelopeHeadroom = 10
 
 // appendEnvelopeFrame encodes {"channel":subject,"data":payload} as a text
-// frame in dst. data goes in as it is when it is valid JSON, and as a JSON
+// frame in dst, or {"channel":subject,"seq":seq,"data":payload} for a
+// message of a history channel (seq > 0: its stream sequence). data goes in as it is when it is valid JSON, and as a JSON
 // string otherwise. The header's length is only known once the envelope is
 // written, so the envelope is written behind room for the longest header
 // and the header is put right in front of it; the frame starts at the
 // returned offset.
-func appendEnvelopeFrame(dst []byte, subject string, data []byte) ([]byte, int) {
+func appendEnvelopeFrame(dst []byte, subject string, data []byte, seq uint64) ([]byte, int) {
 	start := len(dst)
 	dst = append(dst, make([]byte, envelopeHeadroom)...)
 	body := len(dst)
 	dst = append(dst, `{"channel":`...)
 	dst = appendJSONString(dst, []byte(subject))
+	if seq > 0 {
+		dst = append(dst, `,"seq":`...)
+		dst = strconv.AppendUint(dst, seq, 10)
+	}
 	dst = append(dst, `,"data":`...)
 	if json.Valid(data) {
 		dst = append(dst, data...)

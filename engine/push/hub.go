@@ -117,6 +117,10 @@ type Config struct {
 	// MaxPublishSize caps the data of one client publish, in bytes.
 	// Default DefaultMaxPublishSize.
 	MaxPublishSize int
+	// History serves the history of the channels it holds: their
+	// envelopes carry "seq", and a subscribe with since or last gets the
+	// stored messages first (see history.go). nil: no history.
+	History History
 	// PublishRate is how many publishes a connection may make per second,
 	// with bursts of twice that; past it they are refused, and a
 	// connection that keeps on is closed with 1008. Default
@@ -134,6 +138,7 @@ const (
 // sockets; the bus feeds it through Message and Live.
 type Hub struct {
 	bus         Bus
+	history     History
 	maxChannels int
 	wildcards   bool
 	now         func() time.Time
@@ -180,6 +185,7 @@ type hubChannel struct {
 func New(cfg Config) *Hub {
 	h := &Hub{
 		bus:         cfg.Bus,
+		history:     cfg.History,
 		maxChannels: cfg.MaxChannels,
 		wildcards:   !cfg.NoWildcards,
 		now:         cfg.Now,
@@ -310,6 +316,12 @@ func (h *Hub) Live(id uint64, err error) {
 // overlap). It is encoded once per format, whatever the number of sockets.
 // data and subs are not kept.
 func (h *Hub) Message(subject string, data []byte, subs []uint64) {
+	h.MessageSeq(subject, data, subs, 0)
+}
+
+// MessageSeq is Message for a message of a history channel, stored at
+// stream sequence seq (0: none), which its envelopes carry.
+func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64) {
 	if channel.Reserved(subject) {
 		// NATS's own APIs and replies ($JS., _INBOX. ...) reach a wide
 		// pattern such as > too; no client may read them.
@@ -318,7 +330,8 @@ func (h *Hub) Message(subject string, data []byte, subs []uint64) {
 	d := h.free.Get().(*delivery)
 	d.arrived = h.now()
 	d.json = bytebufferpool.Get()
-	d.json.B, d.jsonAt = appendEnvelopeFrame(d.json.B[:0], subject, data)
+	d.json.B, d.jsonAt = appendEnvelopeFrame(d.json.B[:0], subject, data, seq)
+	d.seq = seq
 	d.subject = append(d.subject[:0], subject...)
 	h.mu.RLock()
 	var mask uint64

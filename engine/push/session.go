@@ -26,6 +26,9 @@ type session struct {
 	// heapAt is 1 + the socket's index in its loop's expiries; 0 when not
 	// there.
 	heapAt int32
+	// resumes are the subscriptions waiting for, or just past, their
+	// replay (see history.go); nil for almost every socket.
+	resumes []*resume
 }
 
 // identityOf returns who c's token says it is, or nil if anonymous.
@@ -193,6 +196,11 @@ func (l *loopState) unsubscribeAll(c *engine.Conn) {
 func (l *loopState) leave(c *engine.Conn, k int) {
 	sb := subAt(c, k)
 	t := sb.topic
+	if s, ok := c.Session.(*session); ok {
+		if r := s.resumeFor(t.pattern()); r != nil {
+			s.dropResume(r) // its replay is no longer wanted
+		}
+	}
 	last := len(t.members) - 1
 	if moved := t.members[last]; moved != c {
 		t.members[sb.pos] = moved
@@ -229,6 +237,11 @@ func (l *loopState) answered(ch *hubChannel, err error) {
 		delete(l.topic, t.pattern())
 		for _, c := range t.members {
 			removeSub(c, findSub(c, t.pattern()))
+			if s, ok := c.Session.(*session); ok {
+				if r := s.resumeFor(t.pattern()); r != nil {
+					s.dropResume(r)
+				}
+			}
 		}
 		t.members = nil
 		code := channel.CodeUnavailable
@@ -238,10 +251,16 @@ func (l *loopState) answered(ch *hubChannel, err error) {
 		err = &channel.Error{Code: code, Message: "cannot subscribe: " + err.Error()}
 	}
 	for _, w := range waiters {
-		if w.upgrade {
+		switch {
+		case w.upgrade:
 			l.upgradeAnswered(w.conn, err)
-		} else if w.conn.Open() {
-			l.replyAck(w.conn, w.id, err)
+		case !w.conn.Open():
+		case err != nil:
+			l.replyError(w.conn, w.id, err)
+		case w.resume != nil:
+			l.startReplay(w.conn, w.resume)
+		default:
+			l.replySubscribed(w.conn, w.id, ch.pattern)
 		}
 	}
 }

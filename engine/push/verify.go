@@ -31,6 +31,7 @@ const (
 	jobUpgrade jobKind = iota // a token in an upgrade request
 	jobRefresh                // {"op":"refresh"}
 	jobPublish                // {"op":"publish"}: the bus's answer
+	jobReplay                 // a resume or snapshot: the history's answer
 )
 
 // job is work done off the loops whose result comes back through the
@@ -46,6 +47,9 @@ type job struct {
 
 	claims auth.Claims
 	err    error
+
+	resume *resume       // jobReplay
+	replay HistoryResult // jobReplay: the answer
 }
 
 // submit queues a token for the verifiers, or reports that too many wait.
@@ -85,6 +89,8 @@ func (l *loopState) finish(j *job) {
 		l.refreshVerified(j)
 	case jobPublish:
 		l.published(j)
+	case jobReplay:
+		l.replayed(j)
 	}
 }
 
@@ -115,6 +121,7 @@ func (l *loopState) upgradeVerified(j *job) {
 		c.Refuse(err)
 		return
 	}
+	l.resumeQuery(c, j.query)
 	if pending == 0 {
 		c.Accept()
 		return

@@ -1,0 +1,243 @@
+package history
+
+import (
+	"context"
+	"slices"
+)
+
+// A tail is the last Config.Size messages of one history channel, as they
+// came live, in memory: resumes from within it need no read of the stream.
+// It becomes complete (valid) from some sequence on once a read of the
+// stream from there has been merged into it while the channel's
+// subscription was live: from then on it holds every message on the
+// channel after from, up to through. It is per channel, not per
+// connection, and its slots are reused, so that taking a live message in
+// costs no allocation once the slots have grown.
+type tail struct {
+	pattern string
+	stream  *Stream
+	live    bool // the bus confirmed the subscription
+
+	ring  []entry
+	start int // index of the oldest entry
+	n     int // entries held
+
+	valid   bool
+	from    uint64 // valid: every message after from is here (up to through)
+	through uint64 // the highest sequence the tail is known complete to
+	drops   uint64 // Config.Drops when it became valid
+}
+
+type entry struct {
+	seq     uint64
+	subject string
+	data    []byte
+}
+
+func (t *tail) at(i int) *entry { return &t.ring[(t.start+i)%len(t.ring)] }
+
+// last is the newest entry's sequence, 0 when empty.
+func (t *tail) last() uint64 {
+	if t.n == 0 {
+		return 0
+	}
+	return t.at(t.n - 1).seq
+}
+
+// add takes a live message in. Copies through overlapping subscriptions,
+// and anything older than what the tail has, change nothing.
+func (t *tail) add(seq uint64, subject string, data []byte) {
+	if seq <= t.last() || seq <= t.through && t.valid {
+		return
+	}
+	var e *entry
+	if t.n < len(t.ring) {
+		e = t.at(t.n)
+		t.n++
+	} else {
+		e = t.at(0)
+		if t.valid {
+			t.from = e.seq // what was after it is still here
+		}
+		t.start = (t.start + 1) % len(t.ring)
+	}
+	e.seq = seq
+	if e.subject != subject {
+		e.subject = subject // the hub's string or a new one; kept while the slot is
+	}
+	e.data = append(e.data[:0], data...)
+	if t.valid {
+		t.through = seq
+	}
+}
+
+// usable reports whether the tail can answer a resume from since.
+func (t *tail) usable(since, drops uint64) bool {
+	return t.live && t.valid && t.drops == drops && since >= t.from
+}
+
+// after copies the entries after since, at most max+1 of them (so the
+// caller can tell that max was passed).
+func (t *tail) after(since uint64, max int) []Msg {
+	var out []Msg
+	for i := range t.n {
+		e := t.at(i)
+		if e.seq <= since {
+			continue
+		}
+		out = append(out, Msg{Subject: e.subject, Data: slices.Clone(e.data), Seq: e.seq})
+		if len(out) > max {
+			break
+		}
+	}
+	return out
+}
+
+// merge makes the tail complete from since on: read holds every message
+// on the channel in (since, through], and the tail whatever came live
+// meanwhile.
+func (t *tail) merge(since, through uint64, read []Msg, drops uint64) {
+	if t.valid && t.drops == drops && since >= t.from {
+		return // already complete further back
+	}
+	var all []entry
+	for _, m := range read {
+		if m.Seq > since && m.Seq <= through {
+			all = append(all, entry{seq: m.Seq, subject: m.Subject, data: slices.Clone(m.Data)}) // slots are reused: never share a result's bytes
+		}
+	}
+	for i := range t.n {
+		if e := t.at(i); e.seq > through {
+			all = append(all, entry{seq: e.seq, subject: e.subject, data: slices.Clone(e.data)})
+		}
+	}
+	from := since
+	if over := len(all) - len(t.ring); over > 0 {
+		from = all[over-1].seq
+		all = all[over:]
+	}
+	for i := range t.ring {
+		t.ring[i] = entry{}
+	}
+	copy(t.ring, all)
+	t.start, t.n = 0, len(all)
+	t.valid, t.from, t.drops = true, from, drops
+	t.through = max(through, t.last())
+}
+
+// Subscribed notes that the bus subscribes id to pattern: a history
+// channel gets a tail. The hub calls it (through its bus) on a loop, so
+// it only takes the store's lock.
+func (s *Store) Subscribed(id uint64, pattern string) {
+	st := s.For(pattern)
+	if st == nil {
+		return
+	}
+	t := &tail{pattern: pattern, stream: st, ring: make([]entry, s.cfg.Size)}
+	s.mu.Lock()
+	s.tails[id] = t
+	s.byPattern[pattern] = t
+	s.mu.Unlock()
+}
+
+// Unsubscribed drops id's tail.
+func (s *Store) Unsubscribed(id uint64) {
+	s.mu.Lock()
+	if t := s.tails[id]; t != nil {
+		delete(s.tails, id)
+		if s.byPattern[t.pattern] == t {
+			delete(s.byPattern, t.pattern)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// Live notes the bus's answer for id: from now on its tail gets every
+// message the subscription carries. Call it before the hub hears it.
+func (s *Store) Live(id uint64, err error) {
+	s.mu.Lock()
+	if t := s.tails[id]; t != nil {
+		if err == nil {
+			t.live = true
+		} else {
+			delete(s.tails, id)
+			if s.byPattern[t.pattern] == t {
+				delete(s.byPattern, t.pattern)
+			}
+		}
+	}
+	s.mu.Unlock()
+}
+
+// Deliver is where Republished passes messages on: the hub.
+type Deliver func(subject string, data []byte, subs []uint64, seq uint64)
+
+// Republished takes a message a stream republished, as the broker's
+// dispatcher hands it over, into the tails of subs and passes it on. When
+// last shows that the subscription missed a message on subject since the
+// last one it carried (NATS dropped it: pending limits, a reconnect), the
+// missing ones are read from the stream first and passed on before it, so
+// that a history channel loses nothing between NATS and Herald. That read
+// holds up the dispatcher (not a loop) for a round trip, at most
+// repairTimeout.
+func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, last uint64, out Deliver) {
+	s.mu.Lock()
+	st := s.streamOf(subs)
+	var gapFrom uint64
+	if st != nil {
+		prev, seen := st.lastSeen[subject]
+		if seen && last > prev && seq > prev {
+			gapFrom = prev
+		}
+		if seq > prev {
+			st.lastSeen[subject] = seq
+		}
+		st.maxSeen = max(st.maxSeen, seq)
+	}
+	if gapFrom == 0 {
+		s.addLocked(subject, data, subs, seq)
+		s.mu.Unlock()
+		out(subject, data, subs, seq)
+		return
+	}
+	s.mu.Unlock()
+
+	s.gaps.Add(1)
+	s.reads.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), repairTimeout)
+	missing, _, err := s.readRange(ctx, st, subject, gapFrom+1, seq-1, false, s.cfg.MaxReplay)
+	cancel()
+	if err != nil {
+		s.log.Warn("history: cannot fill a gap NATS left from the stream; the messages are lost to live subscribers (a resume still finds them)",
+			"stream", st.name, "channel", subject, "after", gapFrom, "before", seq, "err", err)
+	}
+	s.mu.Lock()
+	for _, m := range missing {
+		s.addLocked(m.Subject, m.Data, subs, m.Seq)
+	}
+	s.addLocked(subject, data, subs, seq)
+	s.mu.Unlock()
+	s.repaired.Add(uint64(len(missing)))
+	for _, m := range missing {
+		out(m.Subject, m.Data, subs, m.Seq)
+	}
+	out(subject, data, subs, seq)
+}
+
+// streamOf is the stream of the first history channel in subs.
+func (s *Store) streamOf(subs []uint64) *Stream {
+	for _, id := range subs {
+		if t := s.tails[id]; t != nil {
+			return t.stream
+		}
+	}
+	return nil
+}
+
+func (s *Store) addLocked(subject string, data []byte, subs []uint64, seq uint64) {
+	for _, id := range subs {
+		if t := s.tails[id]; t != nil && t.live {
+			t.add(seq, subject, data)
+		}
+	}
+}
