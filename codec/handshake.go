@@ -585,6 +585,10 @@ type Upgrader struct {
 	// A selection that is not one of the offered tokens is a server bug and
 	// fails the handshake with 500 rather than sending it.
 	SelectProtocol func(offered []byte) []byte
+
+	// Deflate accepts permessage-deflate (RFC 7692) when the client offers
+	// it: Answer then returns what was agreed (see NegotiateDeflate).
+	Deflate bool
 }
 
 // websocketGUID is the key suffix of RFC 6455 section 1.3.
@@ -608,52 +612,72 @@ const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 //   - SelectProtocol returned a token the client did not offer: 500
 //
 // Extensions are not negotiated: the answer carries no Sec-WebSocket-Extensions,
-// which RFC 6455 reads as "none". Upgrade allocates nothing beyond dst's growth.
+// which RFC 6455 reads as "none"; Answer is Upgrade with permessage-deflate.
+// Upgrade allocates nothing beyond dst's growth.
 func (u *Upgrader) Upgrade(dst []byte, r *Request) ([]byte, error) {
+	dst, _, err := u.answer(dst, r, false)
+	return dst, err
+}
+
+// Answer is Upgrade that also negotiates permessage-deflate when u.Deflate
+// is set: the 101 then carries the Sec-WebSocket-Extensions answer of the
+// first acceptable offer, and the result says what the connection agreed
+// to. It allocates nothing beyond dst's growth.
+func (u *Upgrader) Answer(dst []byte, r *Request) ([]byte, Deflate, error) {
+	return u.answer(dst, r, u != nil && u.Deflate)
+}
+
+func (u *Upgrader) answer(dst []byte, r *Request, negotiate bool) ([]byte, Deflate, error) {
+	var deflate Deflate
 	if string(r.Method) != "GET" {
-		return dst, errMethodNotGET
+		return dst, deflate, errMethodNotGET
 	}
 	if r.ProtoMajor < 1 || r.ProtoMajor == 1 && r.ProtoMinor < 1 {
-		return dst, errVersionTooOld
+		return dst, deflate, errVersionTooOld
 	}
 	if len(r.Host) == 0 {
-		return dst, errMissingHost
+		return dst, deflate, errMissingHost
 	}
 	if r.seen&hUpgrade == 0 && len(r.Upgrade) == 0 {
-		return dst, errMissingUpgrade
+		return dst, deflate, errMissingUpgrade
 	}
 	if !r.upgradeWebSocket && !hasToken(r.Upgrade, "websocket") {
-		return dst, errUpgradeNotWebSocket
+		return dst, deflate, errUpgradeNotWebSocket
 	}
 	if r.seen&hConnection == 0 && len(r.Connection) == 0 {
-		return dst, errMissingConnection
+		return dst, deflate, errMissingConnection
 	}
 	if !r.connectionUpgrade && !hasToken(r.Connection, "upgrade") {
-		return dst, errConnectionNotUpgrade
+		return dst, deflate, errConnectionNotUpgrade
 	}
 	if len(r.Key) == 0 {
-		return dst, errMissingKey
+		return dst, deflate, errMissingKey
 	}
 	if !validKey(r.Key) {
-		return dst, errInvalidKey
+		return dst, deflate, errInvalidKey
 	}
 	if len(r.Version) == 0 {
-		return dst, errMissingWSVersion
+		return dst, deflate, errMissingWSVersion
 	}
 	if string(r.Version) != "13" {
-		return dst, errUnsupportedWSVersion
+		return dst, deflate, errUnsupportedWSVersion
 	}
 	var protocol []byte
 	if u != nil {
 		if u.CheckOrigin != nil && (len(r.Origin) > 0 || r.seen&hOrigin != 0) && !u.CheckOrigin(r.Origin) {
-			return dst, errOriginNotAllowed
+			return dst, deflate, errOriginNotAllowed
 		}
 		if u.SelectProtocol != nil && (len(r.Protocol) > 0 || r.seen&hProtocol != 0) {
 			var err error
 			if protocol, err = u.selectProtocol(r); err != nil {
-				return dst, err
+				return dst, deflate, err
 			}
 		}
+	}
+
+	windowAsked := false
+	if negotiate && (len(r.Extensions) > 0 || r.seen&hExtensions != 0) {
+		deflate, windowAsked = NegotiateDeflate(r)
 	}
 
 	dst = append(dst, "HTTP/1.1 101 Switching Protocols\r\n"+
@@ -665,7 +689,11 @@ func (u *Upgrader) Upgrade(dst []byte, r *Request) ([]byte, error) {
 		dst = append(dst, "\r\nSec-WebSocket-Protocol: "...)
 		dst = append(dst, protocol...)
 	}
-	return append(dst, "\r\n\r\n"...), nil
+	if deflate.Negotiated() {
+		dst = append(dst, "\r\nSec-WebSocket-Extensions: "...)
+		dst = append(dst, deflate.answer(windowAsked)...)
+	}
+	return append(dst, "\r\n\r\n"...), deflate, nil
 }
 
 // selectProtocol runs u.SelectProtocol over each offered list and returns
