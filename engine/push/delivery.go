@@ -23,16 +23,27 @@ type delivery struct {
 	patterns []string // the channels it arrived through
 	json     *bytebufferpool.ByteBuffer
 	raw      *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
+	sse      *bytebufferpool.ByteBuffer // nil unless some subscriber is an event stream
 	jsonAt   int                        // where the frame starts in json.B
 	seq      uint64                     // stream sequence on a history channel; 0 otherwise
 	arrived  time.Time                  // when the bus handed it over
 	refs     atomic.Int32
 }
 
-// frame returns the encoded frame for a subscriber's format.
-func (d *delivery) frame(raw bool) []byte {
-	if raw {
+// frame returns the encoded frame (or event) for a subscriber's format,
+// nil when no subscriber wanted that format as d was encoded.
+func (d *delivery) frame(f format) []byte {
+	switch f {
+	case formatRaw:
+		if d.raw == nil {
+			return nil
+		}
 		return d.raw.B
+	case formatSSE:
+		if d.sse == nil {
+			return nil
+		}
+		return d.sse.B
 	}
 	return d.json.B[d.jsonAt:]
 }
@@ -47,7 +58,10 @@ func (h *Hub) recycle(d *delivery) {
 	if d.raw != nil {
 		bytebufferpool.Put(d.raw)
 	}
-	d.json, d.raw = nil, nil
+	if d.sse != nil {
+		bytebufferpool.Put(d.sse)
+	}
+	d.json, d.raw, d.sse = nil, nil, nil
 	d.seq = 0
 	clear(d.patterns)
 	d.patterns = d.patterns[:0]
@@ -95,10 +109,12 @@ type loopState struct {
 	groups    []group
 	joined    []byte // a topic's frames of one run, back to back
 	joinedRaw []byte
+	joinedSSE []byte
 	multi     []*engine.Conn // sockets with several subscriptions touched by a run
 	inMulti   map[*engine.Conn]struct{}
 	gather    []byte
 	replyBuf  []byte
+	sseBuf    []byte // a reply as an event
 	replayBuf []byte // a replay's frames
 	envBuf    []byte // one stored message's envelope
 }
@@ -284,25 +300,36 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 	// A delivery has a raw frame only if some subscriber wanted one when it
 	// was encoded; raw subscribers get those, which are all the messages
 	// published after they joined.
-	var jsonFrames, rawFrames []byte
-	rawCount := 0
+	// The same goes for events.
+	var jsonFrames, rawFrames, sseFrames []byte
+	rawCount, sseCount := 0, 0
 	if len(ds) == 1 {
-		jsonFrames = ds[0].frame(false)
-		if ds[0].raw != nil {
-			rawFrames, rawCount = ds[0].frame(true), 1
+		jsonFrames = ds[0].frame(formatJSON)
+		if rawFrames = ds[0].frame(formatRaw); rawFrames != nil {
+			rawCount = 1
+		}
+		if sseFrames = ds[0].frame(formatSSE); sseFrames != nil {
+			sseCount = 1
 		}
 	} else {
-		l.joined, l.joinedRaw = l.joined[:0], l.joinedRaw[:0]
+		l.joined, l.joinedRaw, l.joinedSSE = l.joined[:0], l.joinedRaw[:0], l.joinedSSE[:0]
 		for _, d := range ds {
-			l.joined = append(l.joined, d.frame(false)...)
-			if d.raw != nil {
-				l.joinedRaw = append(l.joinedRaw, d.frame(true)...)
+			l.joined = append(l.joined, d.frame(formatJSON)...)
+			if f := d.frame(formatRaw); f != nil {
+				l.joinedRaw = append(l.joinedRaw, f...)
 				rawCount++
+			}
+			if f := d.frame(formatSSE); f != nil {
+				l.joinedSSE = append(l.joinedSSE, f...)
+				sseCount++
 			}
 		}
 		jsonFrames = l.joined
 		if rawCount > 0 {
 			rawFrames = l.joinedRaw
+		}
+		if sseCount > 0 {
+			sseFrames = l.joinedSSE
 		}
 	}
 	var written, bytes uint64
@@ -316,18 +343,23 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 		if !c.Open() {
 			continue
 		}
-		raw := isRaw(c)
+		f := formatOf(c)
 		switch {
 		case subCount(c) > 1 || resuming(c):
 			if _, seen := l.inMulti[c]; !seen {
 				l.inMulti[c] = struct{}{}
 				l.multi = append(l.multi, c)
 			}
-		case raw && rawCount == 0:
-		case raw:
+		case f == formatRaw && rawCount == 0:
+		case f == formatRaw:
 			c.Send(rawFrames)
 			written += uint64(rawCount)
 			bytes += uint64(len(rawFrames))
+		case f == formatSSE && sseCount == 0:
+		case f == formatSSE:
+			c.Send(sseFrames)
+			written += uint64(sseCount)
+			bytes += uint64(len(sseFrames))
 		default:
 			c.Send(jsonFrames)
 			written += uint64(len(ds))
@@ -352,10 +384,12 @@ func (l *loopState) deliverMulti(run []*delivery) {
 			continue
 		}
 		s := c.Session.(*session) // several subscriptions: always a session
+		f := formatOf(c)
 		buf := l.gather[:0]
 		n := 0
 		for _, d := range run {
-			if s.raw && d.raw == nil {
+			frame := d.frame(f)
+			if frame == nil {
 				continue
 			}
 			owner := s.owner(d.subjectString())
@@ -368,7 +402,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 					case !r.done:
 						// A socket too far behind is closed by hold, and
 						// gets nothing more.
-						l.hold(c, r, d.frame(s.raw), d.seq)
+						l.hold(c, r, frame, d.seq)
 						continue
 					case d.seq != 0 && d.seq <= r.through:
 						continue // the replay had it
@@ -377,7 +411,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 					}
 				}
 			}
-			buf = append(buf, d.frame(s.raw)...)
+			buf = append(buf, frame...)
 			n++
 		}
 		if n > 0 && c.Send(buf) {

@@ -47,8 +47,12 @@ import (
 	"github.com/herald-ws/herald/engine/push/auth"
 )
 
-// Path is where the push endpoint is served in the herald binary.
-const Path = "/ws"
+// Path is where the push endpoint is served in the herald binary, and
+// StreamPath where it is served as an event stream (see sse.go).
+const (
+	Path       = "/ws"
+	StreamPath = "/sse"
+)
 
 // DefaultMaxChannels is Config.MaxChannels's default.
 const DefaultMaxChannels = 128
@@ -179,6 +183,7 @@ type hubChannel struct {
 	waiting uint64       // loops not yet told the channel is live
 	live    bool         // the bus confirmed the subscription
 	raw     atomic.Int32 // subscribers that want bare payloads, over all loops
+	sse     atomic.Int32 // subscribers on event streams, over all loops
 }
 
 // New returns a Hub on cfg.Bus.
@@ -335,7 +340,7 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 	d.subject = append(d.subject[:0], subject...)
 	h.mu.RLock()
 	var mask uint64
-	raw := false
+	raw, sse := false, false
 	for _, id := range subs {
 		ch := h.byID[id]
 		if ch == nil || !ch.live {
@@ -343,6 +348,7 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 		}
 		mask |= ch.loops
 		raw = raw || ch.raw.Load() > 0
+		sse = sse || ch.sse.Load() > 0
 		d.patterns = append(d.patterns, ch.pattern)
 	}
 	if mask == 0 {
@@ -357,6 +363,14 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 			op = ws.OpBinary
 		}
 		d.raw.B = codec.AppendFrame(d.raw.B[:0], op, data)
+	}
+	if sse {
+		var epoch string
+		if seq > 0 {
+			epoch, _ = h.historyOf(subject)
+		}
+		d.sse = bytebufferpool.Get()
+		d.sse.B = appendEvent(d.sse.B[:0], d.json.B[envelopeHeadroom:], epoch, seq)
 	}
 	d.refs.Store(int32(bits.OnesCount64(mask)))
 	// Posted under the lock, so that a loop joining a live channel hears of

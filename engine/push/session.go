@@ -153,8 +153,11 @@ func (l *loopState) subscribe(c *engine.Conn, pattern string) (added, pending bo
 		t = &topic{channel: l.hub.join(l, pattern)}
 		l.topic[t.pattern()] = t
 	}
-	if isRaw(c) {
+	switch formatOf(c) {
+	case formatRaw:
 		t.channel.raw.Add(1)
+	case formatSSE:
+		t.channel.sse.Add(1)
 	}
 	addSub(c, sub{topic: t, pos: int32(len(t.members))})
 	t.members = append(t.members, c)
@@ -208,8 +211,11 @@ func (l *loopState) leave(c *engine.Conn, k int) {
 	}
 	t.members[last] = nil
 	t.members = t.members[:last]
-	if isRaw(c) {
+	switch formatOf(c) {
+	case formatRaw:
 		t.channel.raw.Add(-1)
+	case formatSSE:
+		t.channel.sse.Add(-1)
 	}
 	removeSub(c, k)
 	if len(t.members) == 0 && t.live {
