@@ -25,6 +25,7 @@ type metrics struct {
 	latency                                                 *prometheus.Desc
 	authFailures, published, publishRefused                 *prometheus.Desc
 	expired                                                 *prometheus.Desc
+	sseOpen, sseAccepted                                    *prometheus.Desc
 }
 
 func newMetrics(h *herald) *metrics {
@@ -35,7 +36,7 @@ func newMetrics(h *herald) *metrics {
 		h:                 h,
 		registry:          prometheus.NewRegistry(),
 		open:              desc("tcp_connections", "TCP connections open now, in any state."),
-		upgraded:          desc("connections", "WebSocket connections open now."),
+		upgraded:          desc("connections", "WebSocket connections open now, event streams (/sse) included."),
 		accepted:          desc("tcp_connections_total", "TCP connections accepted."),
 		channels:          desc("channels", "Distinct channels with a NATS subscription."),
 		deliveries:        desc("deliveries_total", "Messages written to subscribed sockets."),
@@ -55,6 +56,8 @@ func newMetrics(h *herald) *metrics {
 		published:         desc("client_publishes_total", "Client publishes handed to NATS."),
 		publishRefused:    desc("client_publishes_refused_total", "Client publishes refused, by in-band error code.", "code"),
 		expired:           desc("token_expired_closes_total", "Connections closed with 4001 because their token expired."),
+		sseOpen:           desc("sse_connections", "Event streams (GET /sse) open now; herald_connections counts them too."),
+		sseAccepted:       desc("sse_connections_total", "Event streams (GET /sse) opened."),
 	}
 	m.registry.MustRegister(m,
 		collectors.NewGoCollector(),
@@ -68,6 +71,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.open, m.upgraded, m.accepted, m.channels, m.deliveries, m.bytesOut, m.slowConsumers,
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
 		m.natsUp, m.natsServer, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
+		m.sseOpen, m.sseAccepted,
 	} {
 		ch <- d
 	}
@@ -86,6 +90,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.open, float64(st.Open))
 	gauge(m.upgraded, float64(st.Upgraded))
 	counter(m.accepted, st.Accepted)
+	gauge(m.sseOpen, float64(st.Streams))
+	counter(m.sseAccepted, st.StreamsAccepted)
 	gauge(m.channels, float64(ps.Channels))
 	counter(m.deliveries, ps.Deliveries)
 	counter(m.bytesOut, ps.BytesOut)
