@@ -59,7 +59,7 @@ func (h *Hub) recycle(d *delivery) {
 		bytebufferpool.Put(d.raw)
 	}
 	if d.sse != nil {
-		bytebufferpool.Put(d.sse)
+		h.events.Put(d.sse)
 	}
 	d.json, d.raw, d.sse = nil, nil, nil
 	d.seq = 0

@@ -173,6 +173,11 @@ type Hub struct {
 	// loops[i] is loop i's state, made by that loop on its first socket.
 	loops [engine.MaxLoops]atomic.Pointer[loopState]
 	free  sync.Pool // *delivery
+	// events holds the buffers of deliveries' events. A pool of their own:
+	// bytebufferpool drops buffers past the sizes most of a pool's are,
+	// and events are longer than the envelopes that fill the shared pool,
+	// so there every one would be dropped and made again.
+	events bytebufferpool.Pool
 }
 
 // hubChannel is the process-wide state of one subscribed pattern.
@@ -369,7 +374,7 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 		if seq > 0 {
 			epoch, _ = h.historyOf(subject)
 		}
-		d.sse = bytebufferpool.Get()
+		d.sse = h.events.Get()
 		d.sse.B = appendEvent(d.sse.B[:0], d.json.B[envelopeHeadroom:], epoch, seq)
 	}
 	d.refs.Store(int32(bits.OnesCount64(mask)))
