@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -137,11 +138,17 @@ func epochOf(t *testing.T, h *historyHerald) string {
 	return st.Epoch()
 }
 
-// /sse counts in /metrics, and --sse=false (NoSSE) leaves it unserved.
+// /sse counts in /metrics, shows as format sse in /debug/connections,
+// and --sse=false (NoSSE) leaves it unserved.
 func TestSSEMetrics(t *testing.T) {
-	h := startHistoryHerald(t, "127.0.0.1:0", "127.0.0.1:-1", t.TempDir(), history.Config{Subjects: []string{"chat.>"}})
-	st := openSSE(t, h.herald, "channel=chat.a", nil)
+	h := startTestHerald(t, heraldConfig{Admin: "127.0.0.1:0"})
+	st := openSSE(t, h, "channel=chat.a", nil)
 	expectEvents(t, st, "connected")
+	var top adminConnections
+	adminGet(t, h.admin.Addr(), "/debug/connections", &top)
+	if len(top.Connections) != 1 || top.Connections[0].Format != "sse" || !slices.Equal(top.Connections[0].Channels, []string{"chat.a"}) {
+		t.Fatalf("/debug/connections: %+v, want the stream with format sse", top)
+	}
 	metrics := func() string {
 		resp, err := http.Get("http://" + h.srv.Addr() + "/metrics")
 		if err != nil {
