@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,13 +185,15 @@ window.messages = []; window.herald = []; window.errors = 0; window.order = [];
 const es = new EventSource(%q);
 es.onmessage = (e) => { const m = JSON.parse(e.data); messages.push(m.seq + " " + JSON.stringify(m.data) + " " + e.lastEventId); order.push(m.seq); };
 es.addEventListener("herald", (e) => { const m = JSON.parse(e.data); herald.push(m); order.push(m.op); });
+es.addEventListener("close", (e) => { order.push("close " + e.data); });
 es.onerror = () => { errors++; };
 </script>`
 
 // An EventSource in Chromium on a history channel survives a kill -9 and
-// restart of Herald (same --data-dir): it reconnects by itself with
-// Last-Event-ID, and the page has every message exactly once, in order,
-// and hears recovered:true.
+// restart of Herald (same --data-dir), then a SIGTERM (a drain) and
+// restart: it reconnects by itself with Last-Event-ID, and the page has
+// every message exactly once, in order, and hears recovered:true each
+// time.
 func TestSSEInBrowserSurvivesRestart(t *testing.T) {
 	browser := newBrowser(t)
 	dir := t.TempDir()
@@ -198,7 +201,7 @@ func TestSSEInBrowserSurvivesRestart(t *testing.T) {
 	// A retry of a few seconds: the messages published right after the
 	// restart are, most likely, stored before the browser is back, so
 	// that it gets them from the replay (the test holds either way).
-	args := []string{"--history", "chat.>", "--data-dir", dir, "--sse-retry", "3s"}
+	args := []string{"--history", "chat.>", "--data-dir", dir, "--sse-retry", "3s", "--drain-timeout", "500ms"}
 	cmd, _, natsURL := startHeraldProcessAt(t, addr, natsAddr, args...)
 	publish := func(natsURL string, from, to int) {
 		t.Helper()
@@ -231,18 +234,35 @@ func TestSSEInBrowserSurvivesRestart(t *testing.T) {
 	}
 	_ = cmd.Wait()
 	waitPage[int](t, page, 20*time.Second, "the EventSource to see the loss", `errors`, `(n) => n >= 1`)
-	_, _, natsURL = startHeraldProcessAt(t, addr, natsAddr, args...)
+	cmd, _, natsURL = startHeraldProcessAt(t, addr, natsAddr, args...)
 	publish(natsURL, 21, 30) // stored before the browser is back, most likely
 	waitPage[int](t, page, 30*time.Second, "the reconnect's greeting", `herald.filter((m) => m.op === "connected").length`, `(n) => n === 2`)
 	publish(natsURL, 31, 40)
-	got := waitPage[[]string](t, page, 30*time.Second, "40 messages", `messages`, `(m) => m.length >= 40`)
-	acks := waitPage[[]map[string]any](t, page, 10*time.Second, "the resume's ack", `herald.filter((m) => m.op === "ack")`, `(a) => a.length === 1`)
-	if acks[0]["recovered"] != true || acks[0]["channel"] != "chat.k" {
-		t.Fatalf("resume ack %v, want recovered true on chat.k", acks[0])
+	waitPage[int](t, page, 30*time.Second, "40 messages", `messages.length`, `(n) => n === 40`)
+
+	// A graceful restart: the drain's close event, then refusals that tell
+	// the browser to come back (a 503 would make it give up), then the new
+	// process.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := waitExit(t, cmd, 20*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	_, _, natsURL = startHeraldProcessAt(t, addr, natsAddr, args...)
+	publish(natsURL, 41, 50)
+	waitPage[int](t, page, 40*time.Second, "the second reconnect's greeting", `herald.filter((m) => m.op === "connected").length`, `(n) => n === 3`)
+	publish(natsURL, 51, 60)
+	got := waitPage[[]string](t, page, 30*time.Second, "60 messages", `messages`, `(m) => m.length >= 60`)
+	acks := waitPage[[]map[string]any](t, page, 10*time.Second, "the resumes' acks", `herald.filter((m) => m.op === "ack")`, `(a) => a.length === 2`)
+	for _, ack := range acks {
+		if ack["recovered"] != true || ack["channel"] != "chat.k" || ack["epoch"] != acks[0]["epoch"] {
+			t.Fatalf("resume acks %v, want recovered true on chat.k, one epoch", acks)
+		}
 	}
 	epoch, _ := acks[0]["epoch"].(string)
-	if len(got) != 40 {
-		t.Fatalf("%d messages, want 40:\n%s", len(got), strings.Join(got, "\n"))
+	if len(got) != 60 {
+		t.Fatalf("%d messages, want 60:\n%s", len(got), strings.Join(got, "\n"))
 	}
 	for i, m := range got {
 		if want := fmt.Sprintf("%d %d %s:%d", i+1, i+1, epoch, i+1); m != want {
@@ -252,7 +272,10 @@ func TestSSEInBrowserSurvivesRestart(t *testing.T) {
 	// Whether 21 to 30 came from the replay (before the ack) or live
 	// depends on when the browser came back; either way each came once.
 	order := waitPage[[]any](t, page, 10*time.Second, "the order", `order`, `(o) => true`)
-	t.Logf("events in order (seq, or the herald op): %v", order)
+	t.Logf("events in order (seq, the herald op, or close and its data): %v", order)
+	if !slices.Contains(order, any("close 1001 server shutting down")) {
+		t.Errorf("the page saw no drain close event")
+	}
 	if errs := pageExceptions(page); len(errs) > 0 {
 		t.Errorf("the page threw:\n%s", strings.Join(errs, "\n"))
 	}
