@@ -122,6 +122,14 @@ type Config struct {
 	// from the drop until every dropped connection is back: what clients
 	// that are not part of a storm see of it. 0 runs the storm alone.
 	Receivers int
+	// Resume, for storm, puts the connections on history channels (the
+	// server must keep history for PREFIX.>, e.g. herald serve --history
+	// 'bench.>'): the run publishes to them at Rate (default 100 msg/s)
+	// from a second before the drop until every dropped connection is
+	// back, each reconnects with since= the last sequence it received, and
+	// the run counts what every connection got: every message exactly
+	// once, and when the last one arrived.
+	Resume bool
 
 	// Tokens, when set, gives connection i (run-wide, receivers after the
 	// others) a token of its own, sent as Authorization: Bearer, as many
@@ -218,7 +226,7 @@ func (c *Config) setDefaults() {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = defaultHandshakeTimeout
 	}
-	if c.Receivers > 0 && c.Rate == 0 {
+	if (c.Receivers > 0 || c.Resume) && c.Rate == 0 {
 		c.Rate = defaultReceiverRate
 	}
 	if c.Procs == 0 {
@@ -267,6 +275,14 @@ func (c *Config) check() (*url.URL, error) {
 		return nil, errors.New("receivers are a storm's: they stay up through it")
 	case c.Receivers > 0 && c.Publish == nil:
 		return nil, errors.New("a storm with receivers needs a Publish function")
+	case c.Resume && c.Scenario != Storm:
+		return nil, errors.New("resume is a storm's: its connections resume after it")
+	case c.Resume && c.Publish == nil:
+		return nil, errors.New("a storm that resumes needs a Publish function")
+	case c.Resume && c.Duration <= 2*resumeLead:
+		return nil, fmt.Errorf("a storm that resumes publishes for at most --duration, from %v before the drop: give it more than %v", resumeLead, 2*resumeLead)
+	case c.Resume && c.Raw:
+		return nil, errors.New("resume reads the sequence in the JSON envelope: not with raw")
 	case c.Receivers > 0 && c.ShardCommand == nil:
 		return nil, errors.New("receivers need a ShardCommand: they run in a child process of their own")
 	case c.Procs > 1 && c.ShardCommand == nil:
@@ -291,7 +307,7 @@ func (c *Config) check() (*url.URL, error) {
 			return nil, fmt.Errorf("sweep rate %v: every rate must be above 0", r)
 		}
 	}
-	if c.Scenario == Fanout || c.Scenario == Floor || c.Receivers > 0 {
+	if c.Scenario == Fanout || c.Scenario == Floor || c.Receivers > 0 || c.Resume {
 		if c.Scenario == Fanout && c.Publish == nil {
 			return nil, errors.New("fanout needs a Publish function")
 		}
@@ -306,7 +322,7 @@ func (c *Config) check() (*url.URL, error) {
 				}
 				maxSeq += n
 			}
-		case c.Receivers > 0:
+		case c.Receivers > 0 || c.Resume:
 			// The quiet phase, then the storm's, which lasts at most
 			// the rest of the run.
 			maxSeq = uint64(c.Rate*(c.Duration+c.Timeout).Seconds()) + 1

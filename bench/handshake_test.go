@@ -15,7 +15,7 @@ const testKey = "dGhlIHNhbXBsZSBub25jZQ=="
 
 func TestUpgradeRequest(t *testing.T) {
 	u, _ := url.Parse("ws://127.0.0.1:8080/ws?token=abc")
-	req := newUpgradeRequest(u, "bench.x.0", true).append(nil, []byte(testKey), "")
+	req := newUpgradeRequest(u, "bench.x.0", true).append(nil, []byte(testKey), "", 0)
 	var r codec.Request
 	if err := codec.ParseRequest(req, &r); err != nil {
 		t.Fatalf("%v:\n%s", err, req)
@@ -31,7 +31,7 @@ func TestUpgradeRequest(t *testing.T) {
 	if bytes.Contains(req, []byte("Authorization")) {
 		t.Errorf("a bearer token nobody gave:\n%s", req)
 	}
-	bearer := newUpgradeRequest(u, "bench.x.0", false).append(nil, []byte(testKey), "T.O.K")
+	bearer := newUpgradeRequest(u, "bench.x.0", false).append(nil, []byte(testKey), "T.O.K", 0)
 	if err := codec.ParseRequest(bearer, &r); err != nil {
 		t.Fatalf("%v:\n%s", err, bearer)
 	}

@@ -99,3 +99,23 @@ func digits(v uint64) int {
 	}
 	return n
 }
+
+// envelopeSeqKey precedes a history channel's sequence in Herald's
+// envelope: {"channel":"c","seq":1234,"data":...}.
+const envelopeSeqKey = `","seq":`
+
+// envelopeSeq finds the stream sequence in an envelope of a history
+// channel. It looks only before "data", where Herald puts it, so that a
+// payload's own fields are never taken for it. It does not allocate.
+func envelopeSeq(p []byte) (uint64, bool) {
+	head := p
+	if i := bytes.Index(p, []byte(`,"data":`)); i >= 0 {
+		head = p[:i]
+	}
+	i := bytes.Index(head, []byte(envelopeSeqKey))
+	if i < 0 {
+		return 0, false
+	}
+	v, n := parseUint(head[i+len(envelopeSeqKey):])
+	return v, n > 0
+}

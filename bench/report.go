@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -187,6 +188,21 @@ type StormResult struct {
 	// Receivers is what the connections that stayed up got, when the run
 	// had some.
 	Receivers *StormReceivers `json:"receivers,omitempty"`
+	// Resume is what the connections got when they resumed on history
+	// channels.
+	Resume *StormResume `json:"resume,omitempty"`
+}
+
+// StormResume is what a storm's connections received, on history
+// channels published to from before the drop until the last was back,
+// resuming with since= after it: every message exactly once when nothing
+// was lost. CaughtUpSeconds runs from the drop to the last delivery.
+// StreamReads is how many times the server read its history streams
+// meanwhile (herald_history_reads_total), when its /metrics tells.
+type StormResume struct {
+	*FanoutResult
+	CaughtUpSeconds float64 `json:"caught_up_seconds"`
+	StreamReads     *int64  `json:"stream_reads,omitempty"`
 }
 
 // StormReceivers compares what the connections that stay up through a
@@ -291,6 +307,16 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 		row("storm", "%d dropped, %d reconnected in %d attempts, %d gave up: %s", s.Dropped, s.Reconnected, s.Attempts, s.GaveUp, back)
 		row("storm refusals", "%s", reasons(s.Refusals))
+		if rs := s.Resume; rs != nil && rs.FanoutResult != nil {
+			f, l := rs.FanoutResult, rs.Latency
+			reads := "n/a (no herald_history_reads_total)"
+			if rs.StreamReads != nil {
+				reads = strconv.FormatInt(*rs.StreamReads, 10)
+			}
+			row("resumed", "%d messages at %g msg/s: delivered %d/%d (%.3f%%), missing %d, dup %d, out of order %d; all caught up %s after the drop; p99 %s; stream reads %s",
+				f.Published, f.Rate, f.Delivered, f.Expected, f.DeliveredPct, f.Missing, f.Duplicated, f.OutOfOrder,
+				seconds(rs.CaughtUpSeconds), millis(l.P99), reads)
+		}
 		if rx := s.Receivers; rx != nil {
 			for _, ph := range []struct {
 				name string

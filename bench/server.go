@@ -26,6 +26,10 @@ type serverSample struct {
 	// Goroutines is the server's go_goroutines, from /metrics only.
 	Goroutines     int64
 	HaveGoroutines bool
+	// HistoryReads is the server's herald_history_reads_total (reads of
+	// its history streams), from /metrics only.
+	HistoryReads     int64
+	HaveHistoryReads bool
 }
 
 // serverProbe reads the server's resource use, from /proc when the bench
@@ -178,6 +182,12 @@ func parseProcessMetrics(r io.Reader) (serverSample, error) {
 				return s, fmt.Errorf("server metrics: %s: %w", name, err)
 			}
 			s.Goroutines, s.HaveGoroutines = int64(v), true
+		case "herald_history_reads_total":
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				return s, fmt.Errorf("server metrics: %s: %w", name, err)
+			}
+			s.HistoryReads, s.HaveHistoryReads = int64(v), true
 		}
 	}
 	if err := sc.Err(); err != nil {

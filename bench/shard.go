@@ -35,6 +35,7 @@ type shardSpec struct {
 	StayFrom         int           `json:"stay_from,omitempty"`     // run-wide index of the first receiver, 0 for none
 	Tokens           []string      `json:"tokens,omitempty"`        // each connection's bearer token, when they have their own
 	TokensFollow     bool          `json:"tokens_follow,omitempty"` // a child reads Tokens from its standard input first
+	Resume           bool          `json:"resume,omitempty"`        // reconnect with since= the last stream sequence received
 	Raw              bool          `json:"raw"`
 	First            int           `json:"first"` // run-wide index of the shard's first connection
 	Conns            int           `json:"conns"`
@@ -140,6 +141,7 @@ type conn struct {
 	retryAfter time.Duration // the server's Retry-After
 	reason     string        // why the connection is failing or closing
 	seq        seqWindow
+	streamSeq  uint64 // the last history sequence received ("seq" in the envelope), for since=
 }
 
 // loopState is what a shard keeps per event loop. Only the loop touches
@@ -688,7 +690,11 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	if h.s.spec.Tokens != nil {
 		token = h.s.spec.Tokens[c.index]
 	}
-	l.buf = h.s.requests[c.channel].append(l.buf[:0], c.key[:], token)
+	var since uint64
+	if h.s.spec.Resume {
+		since = c.streamSeq
+	}
+	l.buf = h.s.requests[c.channel].append(l.buf[:0], c.key[:], token, since)
 	return l.buf, gnet.None // written before OnOpen's caller returns
 }
 
@@ -900,6 +906,11 @@ var greeting = []byte(`{"op":"connected"`)
 // message accounts one data message and returns 1 if it was a first
 // delivery of a measured message.
 func (l *loopState) message(c *conn, payload []byte, nowMicros int64) uint64 {
+	if l.s.spec.Resume {
+		if n, ok := envelopeSeq(payload); ok && n > c.streamSeq {
+			c.streamSeq = n
+		}
+	}
 	seq, ts, ok := ParsePayload(payload)
 	if !ok {
 		if !bytes.HasPrefix(payload, greeting) {

@@ -20,6 +20,7 @@ import (
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push/auth"
+	"github.com/herald-ws/herald/pubsub/history"
 )
 
 // A sharded run re-executes its own binary, which in tests is the test
@@ -220,6 +221,35 @@ func TestBenchStormReceivers(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "receivers in storm") {
 		t.Errorf("no storm receivers row:\n%s", stdout.String())
+	}
+}
+
+// A resuming storm on a history channel: every connection reconnects with
+// since= its last sequence and has every message exactly once.
+func TestBenchStormResume(t *testing.T) {
+	hh := startHistoryHerald(t, "127.0.0.1:0", "127.0.0.1:-1", t.TempDir(), history.Config{Subjects: []string{"bench.>"}, Size: 10000})
+	h := hh.herald
+	cfg := benchConfig(t, h, bench.Storm, 300)
+	cfg.Resume = true
+	cfg.Rate = 200
+	cfg.Duration = 20 * time.Second // the most publishing may take
+	cfg.Publish = hh.nc.Publish
+	cfg.Flush = hh.nc.Flush
+	cfg.MetricsURL = "http://" + h.srv.Addr() + "/metrics"
+	res := runBenchT(t, cfg)
+	s := res.Storm
+	if s == nil || !s.Complete || s.Dropped != 300 || s.Resume == nil || s.Resume.FanoutResult == nil {
+		t.Fatalf("storm: %+v", s)
+	}
+	f := s.Resume.FanoutResult
+	if f.Published < 200 || f.Expected != uint64(f.Published)*300 || f.Delivered != f.Expected || f.Missing+f.Duplicated+f.OutOfOrder != 0 {
+		t.Fatalf("resumed: %+v", f)
+	}
+	if s.Resume.CaughtUpSeconds <= 0 {
+		t.Errorf("caught up after %v s", s.Resume.CaughtUpSeconds)
+	}
+	if res.OtherMessages < 300 {
+		t.Errorf("%d other messages: every resume is acked", res.OtherMessages)
 	}
 }
 
