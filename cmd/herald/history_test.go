@@ -276,6 +276,18 @@ func TestHistoryResumeAndSnapshot(t *testing.T) {
 	purged := dialWS(t, h.herald, "")
 	sendCommand(t, purged, `{"op":"subscribe","channel":"chat.a","since":1,"id":"x"}`)
 	expectFrames(t, purged, `ack "x" chat.a false`)
+
+	// /metrics counts what the resumes cost.
+	m := scrape(t, h.srv.Addr())
+	st := h.history.Stats()
+	for name, want := range map[string]uint64{
+		"herald_history_reads_total": st.Reads, "herald_history_replays_total": st.Replays,
+		"herald_history_tail_hits_total": st.TailHits, "herald_history_info_calls_total": st.Infos,
+	} {
+		if f := m[name]; f == nil || uint64(f.GetMetric()[0].GetCounter().GetValue()) != want || want == 0 {
+			t.Errorf("%s: %v, want %d (and not 0)", name, f, want)
+		}
+	}
 }
 
 // historyClient is a gorilla client following one history channel: it
