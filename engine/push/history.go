@@ -293,6 +293,15 @@ func (l *loopState) appendAck(b, id []byte, pattern string, recovered *bool, epo
 	return append(b, '}')
 }
 
+// replyUnreplayed acks r's subscribe, unsubscribed before its replay
+// came: recovered false, since the client got none of it.
+func (l *loopState) replyUnreplayed(c *engine.Conn, r *resume) {
+	epoch, _ := l.hub.historyOf(r.topic.pattern())
+	recovered := false
+	l.replyBuf = l.appendAck(l.replyBuf[:0], r.id, r.topic.pattern(), &recovered, epoch, true)
+	c.SendFrame(ws.OpText, l.replyBuf)
+}
+
 // replySubscribed acks a subscribe to pattern that asked for no replay.
 func (l *loopState) replySubscribed(c *engine.Conn, id []byte, pattern string) {
 	epoch, ok := l.hub.historyOf(pattern)
