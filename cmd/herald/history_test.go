@@ -39,10 +39,12 @@ type historyFrame struct {
 // String is the frame as a test compares it: "chat.a 3 {..}" for an
 // envelope, "ack id channel recovered" for an ack.
 func (f historyFrame) String() string {
-	switch f.Op {
-	case "":
+	switch {
+	case f.Op == "" && f.Channel == "":
+		return f.raw // a raw payload
+	case f.Op == "":
 		return fmt.Sprintf("%s %d %s", f.Channel, f.Seq, f.Data)
-	case "ack":
+	case f.Op == "ack":
 		rec := "-"
 		if f.Recovered != nil {
 			rec = strconv.FormatBool(*f.Recovered)
@@ -200,6 +202,8 @@ func TestHistoryResumeAndSnapshot(t *testing.T) {
 			[]string{`ack 7 chat.a true`}},
 		{"URL since 2", "channel=chat.a&since=2&epoch=" + epoch, "",
 			[]string{`chat.a 3 {"n":3}`, `ack - chat.a true`}},
+		{"URL since 1, raw: payloads, no ack", "channel=chat.a&since=1&format=raw", "",
+			[]string{`{"n":2}`, `{"n":3}`}},
 		{"other epoch", "", `{"op":"subscribe","channel":"chat.a","since":2,"epoch":"1","id":"e"}`,
 			[]string{`chat.a 1 {"n":1}`, `chat.a 2 {"n":2}`, `chat.a 3 {"n":3}`, `ack "e" chat.a false`}},
 		{"since beyond the stream", "", `{"op":"subscribe","channel":"chat.a","since":99,"id":"b"}`,

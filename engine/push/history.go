@@ -234,7 +234,10 @@ func (l *loopState) replayed(j *job) {
 		buf = l.appendStored(buf, s.raw, *m)
 		n++
 	}
-	buf = codec.AppendFrame(buf, ws.OpText, l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true))
+	if !s.raw || r.id != nil {
+		// A raw socket's URL channels get no ack: it would read as data.
+		buf = codec.AppendFrame(buf, ws.OpText, l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true))
+	}
 	newer := false
 	start := 0
 	for _, f := range r.heldAt {
