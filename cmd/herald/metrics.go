@@ -25,6 +25,8 @@ type metrics struct {
 	latency                                                 *prometheus.Desc
 	authFailures, published, publishRefused                 *prometheus.Desc
 	expired                                                 *prometheus.Desc
+	historyReads, historyInfos, historyTail, historyReplays *prometheus.Desc
+	historyGaps, historyRepaired                            *prometheus.Desc
 }
 
 func newMetrics(h *herald) *metrics {
@@ -55,6 +57,12 @@ func newMetrics(h *herald) *metrics {
 		published:         desc("client_publishes_total", "Client publishes handed to NATS."),
 		publishRefused:    desc("client_publishes_refused_total", "Client publishes refused, by in-band error code.", "code"),
 		expired:           desc("token_expired_closes_total", "Connections closed with 4001 because their token expired."),
+		historyReads:      desc("history_reads_total", "Reads of a history stream's messages (a consumer and its fetches), for resumes, snapshots and gap repairs."),
+		historyInfos:      desc("history_info_calls_total", "Calls for a history stream's state before resumes; resumes that arrive during one share the next."),
+		historyTail:       desc("history_tail_hits_total", "Resumes answered from a channel's in-memory tail, without reading the stream."),
+		historyReplays:    desc("history_replays_total", "Resumes and snapshots answered."),
+		historyGaps:       desc("history_gaps_total", "Gaps found in what NATS delivered on history channels (Nats-Last-Sequence)."),
+		historyRepaired:   desc("history_repaired_total", "Messages read from the stream to fill those gaps."),
 	}
 	m.registry.MustRegister(m,
 		collectors.NewGoCollector(),
@@ -68,6 +76,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.open, m.upgraded, m.accepted, m.channels, m.deliveries, m.bytesOut, m.slowConsumers,
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
 		m.natsUp, m.natsServer, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
+		m.historyReads, m.historyInfos, m.historyTail, m.historyReplays, m.historyGaps, m.historyRepaired,
 	} {
 		ch <- d
 	}
@@ -115,6 +124,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(m.publishRefused, n, code)
 	}
 	counter(m.expired, ps.Expired)
+	if m.h.history != nil {
+		hs := m.h.history.Stats()
+		counter(m.historyReads, hs.Reads)
+		counter(m.historyInfos, hs.Infos)
+		counter(m.historyTail, hs.TailHits)
+		counter(m.historyReplays, hs.Replays)
+		counter(m.historyGaps, hs.Gaps)
+		counter(m.historyRepaired, hs.Repaired)
+	}
 
 	buckets := make(map[float64]uint64, len(push.LatencyBuckets))
 	var cumulative uint64

@@ -234,7 +234,10 @@ func (l *loopState) replayed(j *job) {
 		buf = l.appendStored(buf, s.raw, *m)
 		n++
 	}
-	buf = codec.AppendFrame(buf, ws.OpText, l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true))
+	if !s.raw || r.id != nil {
+		// A raw socket's URL channels get no ack: it would read as data.
+		buf = codec.AppendFrame(buf, ws.OpText, l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true))
+	}
 	newer := false
 	start := 0
 	for _, f := range r.heldAt {
@@ -291,6 +294,15 @@ func (l *loopState) appendAck(b, id []byte, pattern string, recovered *bool, epo
 		b = appendJSONString(b, []byte(epoch))
 	}
 	return append(b, '}')
+}
+
+// replyUnreplayed acks r's subscribe, unsubscribed before its replay
+// came: recovered false, since the client got none of it.
+func (l *loopState) replyUnreplayed(c *engine.Conn, r *resume) {
+	epoch, _ := l.hub.historyOf(r.topic.pattern())
+	recovered := false
+	l.replyBuf = l.appendAck(l.replyBuf[:0], r.id, r.topic.pattern(), &recovered, epoch, true)
+	c.SendFrame(ws.OpText, l.replyBuf)
 }
 
 // replySubscribed acks a subscribe to pattern that asked for no replay.

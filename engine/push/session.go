@@ -177,6 +177,12 @@ func (l *loopState) unsubscribe(c *engine.Conn, pattern string) {
 			}
 			return false
 		})
+	} else if s, ok := c.Session.(*session); ok {
+		if r := s.resumeFor(pattern); r != nil && r.started && !r.done {
+			// Its replay is still being read: answered now, as nothing
+			// of it will come.
+			l.replyUnreplayed(c, r)
+		}
 	}
 	l.leave(c, k)
 }

@@ -150,11 +150,6 @@ type Stream struct {
 	epoch      atomic.Pointer[string]
 	created    atomic.Int64 // unix nanos of the stream's creation
 
-	// Dispatcher only (under Store.mu): the last sequence seen live on
-	// each subject, and on the stream.
-	lastSeen map[string]uint64
-	maxSeen  uint64
-
 	// The resumes waiting for the stream's info (see Store.serve).
 	infoMu      sync.Mutex
 	infoRunning bool
@@ -361,7 +356,6 @@ func (s *Store) newStream(str jetstream.Stream) *Stream {
 		prefix:     prefix,
 		perSubject: info.Config.MaxMsgsPerSubject,
 		handle:     str,
-		lastSeen:   make(map[string]uint64),
 	}
 	st.setCreated(info.Created)
 	return st
