@@ -559,6 +559,7 @@ func (c *Conn) inflate(op ws.OpCode, z []byte) {
 		err = codec.ErrInvalidUTF8
 	}
 	if err == nil {
+		l.stats.inflated.Add(1)
 		c.message(op, out)
 	}
 	buf.B = out[:0]

@@ -59,7 +59,8 @@ const offerDeflate = "Sec-WebSocket-Extensions: permessage-deflate; client_max_w
 // TestDeflateEcho: compressed messages in, whole or fragmented, come back
 // compressed, RSV1 on the wire.
 func TestDeflateEcho(t *testing.T) {
-	addr := startServer(t, engine.Config{Echo: true, Compression: true})
+	srv := startEngine(t, engine.Config{Echo: true, Compression: true})
+	addr := srv.Addr()
 	text := bytes.Repeat([]byte(`{"channel":"prices.AAPL","data":{"bid":190.25}} `), 40)
 	z := stdCompress(t, text)
 	for _, tt := range []struct {
@@ -96,6 +97,9 @@ func TestDeflateEcho(t *testing.T) {
 				t.Errorf("echo is %d bytes for %d of JSON", len(p), len(text))
 			}
 		})
+	}
+	if n := srv.Stats().Inflated; n != 2 {
+		t.Errorf("Stats.Inflated = %d, want the 2 compressed messages", n)
 	}
 }
 

@@ -434,6 +434,7 @@ type Stats struct {
 	Pings             uint64 // pings sent to silent connections
 	Reaped            uint64 // connections closed for not answering a ping
 	HandshakeTimeouts uint64 // connections closed before completing a request
+	Inflated          uint64 // compressed client messages inflated (permessage-deflate)
 	// Refused counts refused upgrades by reason, named by RefusalReasons.
 	Refused [numRefusals]uint64
 }
@@ -448,6 +449,7 @@ func (s *Server) Stats() Stats {
 		st.Pings += l.stats.pings.Load()
 		st.Reaped += l.stats.reaped.Load()
 		st.HandshakeTimeouts += l.stats.handshakeTimeouts.Load()
+		st.Inflated += l.stats.inflated.Load()
 		for i := range st.Refused {
 			st.Refused[i] += l.stats.refused[i].Load()
 		}

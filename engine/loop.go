@@ -116,5 +116,6 @@ type loopStats struct {
 	pings             atomic.Uint64
 	reaped            atomic.Uint64
 	handshakeTimeouts atomic.Uint64
+	inflated          atomic.Uint64
 	refused           [numRefusals]atomic.Uint64
 }

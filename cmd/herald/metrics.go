@@ -25,6 +25,7 @@ type metrics struct {
 	latency                                                 *prometheus.Desc
 	authFailures, published, publishRefused                 *prometheus.Desc
 	expired                                                 *prometheus.Desc
+	compressed, compressedIn, compressedOut, inflated       *prometheus.Desc
 }
 
 func newMetrics(h *herald) *metrics {
@@ -55,6 +56,10 @@ func newMetrics(h *herald) *metrics {
 		published:         desc("client_publishes_total", "Client publishes handed to NATS."),
 		publishRefused:    desc("client_publishes_refused_total", "Client publishes refused, by in-band error code.", "code"),
 		expired:           desc("token_expired_closes_total", "Connections closed with 4001 because their token expired."),
+		compressed:        desc("compressed_messages_total", "Messages compressed for permessage-deflate sockets: once per message and format, however many sockets got them."),
+		compressedIn:      desc("compression_bytes_in_total", "Payload bytes of the compressed messages before compression."),
+		compressedOut:     desc("compression_bytes_out_total", "Payload bytes of the compressed messages after compression (what each deflate socket was sent instead)."),
+		inflated:          desc("inflated_messages_total", "Compressed messages received from clients and inflated."),
 	}
 	m.registry.MustRegister(m,
 		collectors.NewGoCollector(),
@@ -68,6 +73,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.open, m.upgraded, m.accepted, m.channels, m.deliveries, m.bytesOut, m.slowConsumers,
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
 		m.natsUp, m.natsServer, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
+		m.compressed, m.compressedIn, m.compressedOut, m.inflated,
 	} {
 		ch <- d
 	}
@@ -115,6 +121,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(m.publishRefused, n, code)
 	}
 	counter(m.expired, ps.Expired)
+	counter(m.compressed, ps.Compressed)
+	counter(m.compressedIn, ps.CompressedIn)
+	counter(m.compressedOut, ps.CompressedOut)
+	counter(m.inflated, st.Inflated)
 
 	buckets := make(map[float64]uint64, len(push.LatencyBuckets))
 	var cumulative uint64
