@@ -27,6 +27,7 @@ type metrics struct {
 	expired                                                 *prometheus.Desc
 	historyReads, historyInfos, historyTail, historyReplays *prometheus.Desc
 	historyGaps, historyRepaired                            *prometheus.Desc
+	compressed, compressedIn, compressedOut, inflated       *prometheus.Desc
 }
 
 func newMetrics(h *herald) *metrics {
@@ -63,6 +64,10 @@ func newMetrics(h *herald) *metrics {
 		historyReplays:    desc("history_replays_total", "Resumes and snapshots answered."),
 		historyGaps:       desc("history_gaps_total", "Gaps found in what NATS delivered on history channels (Nats-Last-Sequence)."),
 		historyRepaired:   desc("history_repaired_total", "Messages read from the stream to fill those gaps."),
+		compressed:        desc("compressed_messages_total", "Messages compressed for permessage-deflate sockets: once per message and format, however many sockets got them."),
+		compressedIn:      desc("compression_bytes_in_total", "Payload bytes of the compressed messages before compression."),
+		compressedOut:     desc("compression_bytes_out_total", "Payload bytes of the compressed messages after compression (what each deflate socket was sent instead)."),
+		inflated:          desc("inflated_messages_total", "Compressed messages received from clients and inflated."),
 	}
 	m.registry.MustRegister(m,
 		collectors.NewGoCollector(),
@@ -77,6 +82,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
 		m.natsUp, m.natsServer, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
 		m.historyReads, m.historyInfos, m.historyTail, m.historyReplays, m.historyGaps, m.historyRepaired,
+		m.compressed, m.compressedIn, m.compressedOut, m.inflated,
 	} {
 		ch <- d
 	}
@@ -133,6 +139,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(m.historyGaps, hs.Gaps)
 		counter(m.historyRepaired, hs.Repaired)
 	}
+	counter(m.compressed, ps.Compressed)
+	counter(m.compressedIn, ps.CompressedIn)
+	counter(m.compressedOut, ps.CompressedOut)
+	counter(m.inflated, st.Inflated)
 
 	buckets := make(map[float64]uint64, len(push.LatencyBuckets))
 	var cumulative uint64

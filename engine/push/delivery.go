@@ -23,16 +23,27 @@ type delivery struct {
 	patterns []string // the channels it arrived through
 	json     *bytebufferpool.ByteBuffer
 	raw      *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
-	jsonAt   int                        // where the frame starts in json.B
-	seq      uint64                     // stream sequence on a history channel; 0 otherwise
-	arrived  time.Time                  // when the bus handed it over
-	refs     atomic.Int32
+	// jsonZ and rawZ are the same frames compressed (RSV1 set), for the
+	// sockets that negotiated permessage-deflate; nil when no such socket
+	// subscribed or the message is under the threshold: those sockets then
+	// get the plain frame, which the extension allows.
+	jsonZ, rawZ *bytebufferpool.ByteBuffer
+	jsonAt      int       // where the frame starts in json.B
+	seq         uint64    // stream sequence on a history channel; 0 otherwise
+	arrived     time.Time // when the bus handed it over
+	refs        atomic.Int32
 }
 
-// frame returns the encoded frame for a subscriber's format.
-func (d *delivery) frame(raw bool) []byte {
-	if raw {
+// frame returns the encoded frame for a subscriber's format, compressed
+// when the subscriber takes compressed frames and the message has one.
+func (d *delivery) frame(raw, deflate bool) []byte {
+	switch {
+	case raw && deflate && d.rawZ != nil:
+		return d.rawZ.B
+	case raw:
 		return d.raw.B
+	case deflate && d.jsonZ != nil:
+		return d.jsonZ.B
 	}
 	return d.json.B[d.jsonAt:]
 }
@@ -44,10 +55,12 @@ func (d *delivery) subjectString() string {
 
 func (h *Hub) recycle(d *delivery) {
 	bytebufferpool.Put(d.json)
-	if d.raw != nil {
-		bytebufferpool.Put(d.raw)
+	for _, b := range [...]*bytebufferpool.ByteBuffer{d.raw, d.jsonZ, d.rawZ} {
+		if b != nil {
+			bytebufferpool.Put(b)
+		}
 	}
-	d.json, d.raw = nil, nil
+	d.json, d.raw, d.jsonZ, d.rawZ = nil, nil, nil, nil
 	d.seq = 0
 	clear(d.patterns)
 	d.patterns = d.patterns[:0]
@@ -93,8 +106,7 @@ type loopState struct {
 	// Scratch space for a flush, reused.
 	run       []*delivery
 	groups    []group
-	joined    []byte // a topic's frames of one run, back to back
-	joinedRaw []byte
+	joined    [4][]byte      // a topic's frames of one run, back to back, by variant (see variant)
 	multi     []*engine.Conn // sockets with several subscriptions touched by a run
 	inMulti   map[*engine.Conn]struct{}
 	gather    []byte
@@ -283,27 +295,30 @@ func (l *loopState) deliver(run []*delivery) {
 func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 	// A delivery has a raw frame only if some subscriber wanted one when it
 	// was encoded; raw subscribers get those, which are all the messages
-	// published after they joined.
-	var jsonFrames, rawFrames []byte
-	rawCount := 0
-	if len(ds) == 1 {
-		jsonFrames = ds[0].frame(false)
-		if ds[0].raw != nil {
-			rawFrames, rawCount = ds[0].frame(true), 1
-		}
-	} else {
-		l.joined, l.joinedRaw = l.joined[:0], l.joinedRaw[:0]
-		for _, d := range ds {
-			l.joined = append(l.joined, d.frame(false)...)
-			if d.raw != nil {
-				l.joinedRaw = append(l.joinedRaw, d.frame(true)...)
-				rawCount++
+	// published after they joined. Each of the four variants (format, and
+	// compressed or not) is joined at most once for the whole topic.
+	var frames [4][]byte
+	var counts [4]int
+	var built [4]bool
+	variant := func(v int) {
+		built[v] = true
+		raw, deflate := v&variantRaw != 0, v&variantDeflate != 0
+		if len(ds) == 1 {
+			if !raw || ds[0].raw != nil {
+				frames[v], counts[v] = ds[0].frame(raw, deflate), 1
 			}
+			return
 		}
-		jsonFrames = l.joined
-		if rawCount > 0 {
-			rawFrames = l.joinedRaw
+		buf := l.joined[v][:0]
+		for _, d := range ds {
+			if raw && d.raw == nil {
+				continue
+			}
+			buf = append(buf, d.frame(raw, deflate)...)
+			counts[v]++
 		}
+		l.joined[v] = buf
+		frames[v] = buf
 	}
 	var written, bytes uint64
 	// Backwards, because a write can close a connection, which moves the
@@ -316,26 +331,43 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 		if !c.Open() {
 			continue
 		}
-		raw := isRaw(c)
-		switch {
-		case subCount(c) > 1 || resuming(c):
+		if subCount(c) > 1 || resuming(c) {
 			if _, seen := l.inMulti[c]; !seen {
 				l.inMulti[c] = struct{}{}
 				l.multi = append(l.multi, c)
 			}
-		case raw && rawCount == 0:
-		case raw:
-			c.Send(rawFrames)
-			written += uint64(rawCount)
-			bytes += uint64(len(rawFrames))
-		default:
-			c.Send(jsonFrames)
-			written += uint64(len(ds))
-			bytes += uint64(len(jsonFrames))
+			continue
 		}
+		v := variantOf(isRaw(c), c.Deflate())
+		if !built[v] {
+			variant(v) // joined only for the formats the topic's members take
+		}
+		if counts[v] == 0 {
+			continue
+		}
+		c.Send(frames[v])
+		written += uint64(counts[v])
+		bytes += uint64(len(frames[v]))
 	}
 	l.stats.deliveries.Add(written)
 	l.stats.bytesOut.Add(bytes)
+}
+
+// The variants of a delivery's frame, as bits.
+const (
+	variantRaw     = 1
+	variantDeflate = 2
+)
+
+func variantOf(raw, deflate bool) int {
+	v := 0
+	if raw {
+		v |= variantRaw
+	}
+	if deflate {
+		v |= variantDeflate
+	}
+	return v
 }
 
 // deliverMulti writes to each socket with several subscriptions the
@@ -368,7 +400,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 					case !r.done:
 						// A socket too far behind is closed by hold, and
 						// gets nothing more.
-						l.hold(c, r, d.frame(s.raw), d.seq)
+						l.hold(c, r, d.frame(s.raw, c.Deflate()), d.seq)
 						continue
 					case d.seq != 0 && d.seq <= r.through:
 						continue // the replay had it
@@ -377,7 +409,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 					}
 				}
 			}
-			buf = append(buf, d.frame(s.raw)...)
+			buf = append(buf, d.frame(s.raw, c.Deflate())...)
 			n++
 		}
 		if n > 0 && c.Send(buf) {

@@ -156,6 +156,9 @@ func (l *loopState) subscribe(c *engine.Conn, pattern string) (added, pending bo
 	if isRaw(c) {
 		t.channel.raw.Add(1)
 	}
+	if c.Deflate() {
+		t.channel.deflate.Add(1)
+	}
 	addSub(c, sub{topic: t, pos: int32(len(t.members))})
 	t.members = append(t.members, c)
 	return true, !t.live, nil
@@ -216,6 +219,9 @@ func (l *loopState) leave(c *engine.Conn, k int) {
 	t.members = t.members[:last]
 	if isRaw(c) {
 		t.channel.raw.Add(-1)
+	}
+	if c.Deflate() {
+		t.channel.deflate.Add(-1)
 	}
 	removeSub(c, k)
 	if len(t.members) == 0 && t.live {
