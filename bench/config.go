@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,11 +85,13 @@ type Config struct {
 	Duration time.Duration
 	// Timeout bounds the whole run. Default 2 minutes.
 	Timeout time.Duration
-	// ServerPID is the server's process, read from /proc for resident
-	// memory and CPU time. 0 tries the server's /metrics instead.
-	ServerPID int
-	// MetricsURL is where the server's Prometheus metrics are, used when
-	// ServerPID is 0. Default: /metrics on the URL's host.
+	// ServerPIDs are the server's processes, read from /proc for resident
+	// memory and CPU time: one, or several sharing the port
+	// (--reuseport), whose figures are summed. None tries the server's
+	// /metrics instead.
+	ServerPIDs []int
+	// MetricsURL is where the server's Prometheus metrics are, used
+	// without ServerPIDs. Default: /metrics on the URL's host.
 	MetricsURL string
 	// Procs is how many processes hold the connections; 0 picks
 	// ceil(Conns/MaxShardConns). With more than one, every shard runs in
@@ -441,4 +444,26 @@ func ParseChannels(s string) (n int, perConn bool, err error) {
 		return 0, false, fmt.Errorf("channels %q: want a count of at least 1, or %s", s, PerConnChannels)
 	}
 	return n, false, nil
+}
+
+// ParseServerPIDs reads --server-pid: one process id, or several, comma
+// separated, for a server of several processes on one port. "" and "0"
+// mean none.
+func ParseServerPIDs(s string) ([]int, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		return nil, nil
+	}
+	var pids []int
+	for _, f := range strings.Split(s, ",") {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid < 1 {
+			return nil, fmt.Errorf("server pid %q: want a process id", f)
+		}
+		if slices.Contains(pids, pid) {
+			return nil, fmt.Errorf("server pid %d given twice: its figures would count twice", pid)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
 }

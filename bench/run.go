@@ -188,7 +188,7 @@ func (r *runner) stayFrom() int {
 func (r *runner) newProbe() serverProbe {
 	if r.cfg.Scenario == Floor {
 		// The floor's "server" is this process; it measures itself.
-		if r.cfg.ServerPID > 0 || r.cfg.MetricsURL != "" {
+		if len(r.cfg.ServerPIDs) > 0 || r.cfg.MetricsURL != "" {
 			r.note("floor measures its own writes: --server-pid and --metrics are not used")
 		}
 		return nil
@@ -198,8 +198,8 @@ func (r *runner) newProbe() serverProbe {
 		mu = "http://" + r.target.Host + "/metrics"
 	}
 	r.metrics = metricsProbe{url: mu, client: &http.Client{Timeout: 2 * time.Second}}
-	if r.cfg.ServerPID > 0 {
-		p := procProbe{pid: r.cfg.ServerPID}
+	if len(r.cfg.ServerPIDs) > 0 {
+		p := procProbe{pids: r.cfg.ServerPIDs}
 		r.res.Server.Source = p.source()
 		return p
 	}

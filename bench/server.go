@@ -43,26 +43,43 @@ type serverProbe interface {
 // Linux architecture Go supports.
 const clockTicks = 100
 
-// procProbe reads /proc/PID.
-type procProbe struct{ pid int }
+// procProbe reads /proc/PID of every server process and sums them: one
+// Herald, or several sharing a port (--reuseport), counted as one server.
+type procProbe struct{ pids []int }
 
-func (p procProbe) source() string { return "/proc/" + strconv.Itoa(p.pid) }
+func (p procProbe) source() string {
+	paths := make([]string, len(p.pids))
+	for i, pid := range p.pids {
+		paths[i] = "/proc/" + strconv.Itoa(pid)
+	}
+	src := strings.Join(paths, " + ")
+	if len(p.pids) > 1 {
+		src += " (summed)"
+	}
+	return src
+}
 
 func (p procProbe) sample(context.Context) (serverSample, error) {
 	var s serverSample
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
-	if err != nil {
-		return s, fmt.Errorf("server memory: %w", err)
-	}
-	if s.RSS, err = parseVmRSS(status); err != nil {
-		return s, fmt.Errorf("server memory: /proc/%d/status: %w", p.pid, err)
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
-	if err != nil {
-		return s, fmt.Errorf("server cpu: %w", err)
-	}
-	if s.CPU, err = parseStatCPU(stat); err != nil {
-		return s, fmt.Errorf("server cpu: /proc/%d/stat: %w", p.pid, err)
+	for _, pid := range p.pids {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return s, fmt.Errorf("server memory: %w", err)
+		}
+		rss, err := parseVmRSS(status)
+		if err != nil {
+			return s, fmt.Errorf("server memory: /proc/%d/status: %w", pid, err)
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return s, fmt.Errorf("server cpu: %w", err)
+		}
+		cpu, err := parseStatCPU(stat)
+		if err != nil {
+			return s, fmt.Errorf("server cpu: /proc/%d/stat: %w", pid, err)
+		}
+		s.RSS += rss
+		s.CPU += cpu
 	}
 	meminfo, err := os.ReadFile("/proc/meminfo")
 	if err != nil {

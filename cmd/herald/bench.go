@@ -125,7 +125,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.Resume, "resume", false, "storm: the connections resume on history channels (serve with --history 'PREFIX.>' and a --history-size that holds the storm's messages): published to at --rate (0 means 100) from a second before the drop until all are back, each reconnects with since= its last sequence; reports missing and duplicated (both must be 0), when all had caught up, and the server's stream reads")
 	fs.IntVar(&cfg.Receivers, "receivers", 0, "storm: `N` more connections, on a channel of their own, that stay up through the storm and are published to at --rate, before it and during it")
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout, storm with --receivers: `URL` of the NATS server Herald listens to")
-	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's process `id`, for its memory and CPU time from /proc; 0 tries its /metrics")
+	serverPIDs := fs.String("server-pid", "", "the server's process `id`, for its memory and CPU time from /proc; several, comma-separated, for processes sharing a port (--reuseport), summed; none tries its /metrics")
 	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the server's Prometheus metrics `URL` (default http://HOST/metrics of --url), used without --server-pid")
 	fs.IntVar(&cfg.Procs, "procs", 0, "processes to hold the connections; 0 means ceil(conns/19000)")
 	sources := fs.String("source-ips", "", "local `addresses` to dial from, dealt to the processes in turn: a list (127.0.0.2,127.0.0.3) or a count n (127.0.0.2 onwards); default: the kernel's choice when the connections fit one address's ephemeral ports, else 127.0.0.2 onwards, enough per process that none uses more than 2/5 of the port range")
@@ -188,6 +188,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	cfg.Raw = *raw
 	cfg.Size = int(*size)
 	if cfg.SourceIPs, err = bench.ParseSourceIPs(*sources); err != nil {
+		return err
+	}
+	if cfg.ServerPIDs, err = bench.ParseServerPIDs(*serverPIDs); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, *logLevel, "text")

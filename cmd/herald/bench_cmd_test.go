@@ -37,14 +37,14 @@ func init() {
 func benchConfig(t *testing.T, h *herald, scenario bench.Scenario, conns int) bench.Config {
 	t.Helper()
 	return bench.Config{
-		Scenario:  scenario,
-		URL:       "ws://" + h.srv.Addr() + "/ws",
-		Conns:     conns,
-		ServerPID: os.Getpid(),
-		Duration:  500 * time.Millisecond,
-		Timeout:   30 * time.Second,
-		Loops:     2,
-		Dialers:   16,
+		Scenario:   scenario,
+		URL:        "ws://" + h.srv.Addr() + "/ws",
+		Conns:      conns,
+		ServerPIDs: []int{os.Getpid()},
+		Duration:   500 * time.Millisecond,
+		Timeout:    30 * time.Second,
+		Loops:      2,
+		Dialers:    16,
 	}
 }
 
