@@ -74,8 +74,11 @@ func TestScaleScript(t *testing.T) {
 		}
 		total += n
 	}
-	if total != 2000 {
-		t.Errorf("peaks per process %q sum to %d, want 2000", m[1], total)
+	// Peaks are sampled once a second, each at its own moment: a
+	// connection retried while its first attempt was still counted, or a
+	// readiness probe, can add a few.
+	if total < 2000 || total > 2040 {
+		t.Errorf("peaks per process %q sum to %d, want 2000 (up to 2%% more)", m[1], total)
 	}
 	var idle struct {
 		Server struct {
