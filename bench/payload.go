@@ -68,7 +68,6 @@ const filler = "AAPL bid 187.25 x 300 ask 187.27 x 200 last 187.26 vol 51234876 
 	"562.80 vol 11094825 venue XNAS seq 8812734 cond @ F T open 185.92 high 188.04 low 185.37 vwap 186.98 " +
 	"halted false luld 177.89 196.62 ssr 0 tz America/New_York src SIP-UTP ts 1732180000123456 trade 4471 "
 
-
 // ParsePayload finds a bench payload in p, bare or inside an envelope,
 // and returns its sequence number and send time. ok is false when p holds
 // none, as with the server's own {"op":...} messages. It does not

@@ -160,9 +160,9 @@ type loopState struct {
 	inflater         *deflate.Inflater
 	inflated         []byte
 	wire, plain, zip uint64
-	rng      *rand.Rand
-	buf      []byte // scratch: upgrade requests, pongs, accept keys
-	hdr      [codec.MaxHeaderSize]byte
+	rng              *rand.Rand
+	buf              []byte // scratch: upgrade requests, pongs, accept keys
+	hdr              [codec.MaxHeaderSize]byte
 
 	delivered atomic.Uint64
 	warm      atomic.Int64
