@@ -72,6 +72,10 @@ type Config struct {
 	// Raw subscribes with format=raw, receiving bare payloads instead of
 	// the default JSON envelope.
 	Raw bool
+	// Compress offers permessage-deflate in every upgrade, as browsers
+	// do, and inflates what the server compresses; the fanout report then
+	// gives the bytes on the wire next to the uncompressed bytes.
+	Compress bool
 	// Messages is how many messages fanout publishes, round robin over the
 	// channels. 0 with a Rate publishes until Duration. Default 200.
 	Messages int

@@ -29,7 +29,7 @@ const upgradeRequestTail = "\r\n\r\n"
 
 // newUpgradeRequest builds the request for target (a ws:// URL) with the
 // query channel=channel, plus format=raw when raw.
-func newUpgradeRequest(target *url.URL, channel string, raw bool) upgradeRequest {
+func newUpgradeRequest(target *url.URL, channel string, raw, compress bool) upgradeRequest {
 	q := target.Query()
 	q.Set("channel", channel)
 	if raw {
@@ -47,7 +47,12 @@ func newUpgradeRequest(target *url.URL, channel string, raw bool) upgradeRequest
 	end := len(b)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, target.Host...)
-	b = append(b, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "...)
+	b = append(b, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"...)
+	if compress {
+		// What every browser offers.
+		b = append(b, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"...)
+	}
+	b = append(b, "Sec-WebSocket-Key: "...)
 	return upgradeRequest{head: b, target: end}
 }
 

@@ -138,6 +138,14 @@ type FanoutResult struct {
 	// kernel queued several writes for one read).
 	Reads   uint64  `json:"reads,omitempty"`
 	PerRead float64 `json:"messages_per_read,omitempty"`
+	// WireBytes are the data frames' bytes as they crossed the network,
+	// PlainBytes what they would have been uncompressed, WireRatio the
+	// first over the second, and CompressedFrames how many frames came
+	// compressed (permessage-deflate, with --compress).
+	WireBytes        uint64  `json:"wire_bytes,omitempty"`
+	PlainBytes       uint64  `json:"plain_bytes,omitempty"`
+	WireRatio        float64 `json:"wire_ratio,omitempty"`
+	CompressedFrames uint64  `json:"compressed_frames,omitempty"`
 }
 
 // SweepStep is one rate of an overload sweep: the fanout's figures for
@@ -293,6 +301,10 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 		if f.Reads > 0 {
 			row("messages per read", "%.2f (%d reads brought the first deliveries)", f.PerRead, f.Reads)
+		}
+		if f.PlainBytes > 0 {
+			row("bytes on the wire", "%s of %s uncompressed (%.1f%%, %d frames compressed)",
+				bytesIEC(int64(f.WireBytes)), bytesIEC(int64(f.PlainBytes)), 100*f.WireRatio, f.CompressedFrames)
 		}
 	}
 	if fl := r.Floor; fl != nil {

@@ -264,6 +264,7 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 			StayFrom:         r.stayFrom(),
 			Resume:           cfg.Resume,
 			Raw:              cfg.Raw,
+			Compress:         cfg.Compress,
 			First:            first,
 			Conns:            n,
 			Sources:          sources[i],
@@ -570,7 +571,7 @@ const warmQuiet = 2500 * time.Millisecond
 // Counting them against each of the scenario's connections would
 // overstate what one more costs (by some 75 B each at 19,000).
 func (r *runner) warmServer(ctx context.Context) error {
-	req := newUpgradeRequest(r.target, channelName(r.prefix, 0), r.cfg.Raw)
+	req := newUpgradeRequest(r.target, channelName(r.prefix, 0), r.cfg.Raw, r.cfg.Compress)
 	key := []byte("dGhlIHNhbXBsZSBub25jZQ==")
 	var scratch [64]byte
 	dialer := net.Dialer{Timeout: 5 * time.Second}

@@ -15,8 +15,10 @@ package engine_test
 // somewhat, the PDF barely).
 //
 // Each case sends 1000 messages, as Autobahn does, when
-// HERALD_AUTOBAHN_FULL=1; otherwise abCompressionCount, so that the 216
-// cases fit a -race run. The verdict rules are the same either way.
+// HERALD_AUTOBAHN_FULL=1; otherwise abCompressionCount messages, fewer for
+// large ones (abCompressionBudget octets a case, at least 2 messages), so
+// that the 216 cases fit a -race run of the package. The verdict rules are
+// the same either way.
 
 import (
 	"bytes"
@@ -30,8 +32,11 @@ import (
 )
 
 // abCompressionCount is how many messages a 12.x/13.x case sends in the
-// default run.
-const abCompressionCount = 20
+// default run, and abCompressionBudget how many octets at most.
+const (
+	abCompressionCount  = 20
+	abCompressionBudget = 256 << 10
+)
 
 // abMsgSizes is MSG_SIZES: payload length, message count, case timeout in
 // seconds, auto-fragment size.
@@ -136,18 +141,19 @@ func abGenerate(name string, size int) []byte {
 }
 
 func abCompressionCases() []abCase {
-	count := func(n int) int {
-		if os.Getenv("HERALD_AUTOBAHN_FULL") == "1" {
+	full := os.Getenv("HERALD_AUTOBAHN_FULL") == "1"
+	count := func(n, size int) int {
+		if full {
 			return n
 		}
-		return min(n, abCompressionCount)
+		return min(n, abCompressionCount, max(2, abCompressionBudget/size))
 	}
 	var cs []abCase
 	for j, td := range abTestDataSets {
 		for i, sz := range abMsgSizes {
 			cs = append(cs, abCompressionCase(fmt.Sprintf("12.%d.%d", j+1, i+1),
-				fmt.Sprintf("Send %d compressed messages each of payload size %d, auto-fragment to %d octets. Use default permessage-deflate offer.", count(sz.count), sz.n, sz.frag),
-				td, []abDeflateOffer{abDefaultOffer()}, sz.n, count(sz.count), sz.frag, time.Duration(sz.wait)*time.Second))
+				fmt.Sprintf("Send %d compressed messages each of payload size %d, auto-fragment to %d octets. Use default permessage-deflate offer.", count(sz.count, sz.n), sz.n, sz.frag),
+				td, []abDeflateOffer{abDefaultOffer()}, sz.n, count(sz.count, sz.n), sz.frag, time.Duration(sz.wait)*time.Second))
 		}
 	}
 	offer := func(noContext bool, bits int) abDeflateOffer {
@@ -167,8 +173,8 @@ func abCompressionCases() []abCase {
 	for j, offers := range deflateParams {
 		for i, sz := range abMsgSizes {
 			cs = append(cs, abCompressionCase(fmt.Sprintf("13.%d.%d", j+1, i+1),
-				fmt.Sprintf("Send %d compressed messages each of payload size %d, auto-fragment to %d octets. Use permessage-deflate offers %q.", count(sz.count), sz.n, sz.frag, abOfferHeader(offers)),
-				abTestDataSets[0], offers, sz.n, count(sz.count), sz.frag, time.Duration(sz.wait)*time.Second))
+				fmt.Sprintf("Send %d compressed messages each of payload size %d, auto-fragment to %d octets. Use permessage-deflate offers %q.", count(sz.count, sz.n), sz.n, sz.frag, abOfferHeader(offers)),
+				abTestDataSets[0], offers, sz.n, count(sz.count, sz.n), sz.frag, time.Duration(sz.wait)*time.Second))
 		}
 	}
 	return cs

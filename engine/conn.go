@@ -53,17 +53,24 @@ type Conn struct {
 	// awaitClose: Herald sent a close frame and waits for the peer's, at
 	// which the handshake is over and the socket is closed at once.
 	awaitClose bool
+	// ext holds what the handshake agreed, in one byte so that the struct
+	// keeps its 64: the low nibble is the permessage-deflate window (8 to
+	// 15 bits) Herald may compress with for this socket, 0 when not
+	// negotiated; the high one is 1 + the index in Config.Subprotocols of
+	// the subprotocol selected, 0 for none. Nothing else of the extension
+	// is kept per connection: without context takeover, compressors and
+	// inflaters are the loop's.
+	ext uint8
 	// opened is when the WebSocket opened, in tenths of a second since the
-	// server was made (see Age): 32 bits last 13 years, and the struct
-	// keeps its 64 bytes.
+	// server was made (see Age): 32 bits last 13 years.
 	opened uint32
-	// deflate is the permessage-deflate window (8 to 15 bits) Herald may
-	// compress with for this socket; 0 when not negotiated. Nothing else of
-	// the extension is kept per connection: without context takeover,
-	// compressors and inflaters are the loop's.
-	deflate uint8
-	proto   uint8 // 1 + index in Config.Subprotocols of the one selected; 0 for none
 }
+
+// deflate is the agreed permessage-deflate window, 0 for none.
+func (c *Conn) deflate() uint8 { return c.ext & 0x0f }
+
+// proto is 1 + the index of the selected subprotocol, 0 for none.
+func (c *Conn) proto() uint8 { return c.ext >> 4 }
 
 // reader holds a message whose frames or payload arrive over several
 // callbacks: the decoder's state and the bytes received so far.
@@ -204,8 +211,7 @@ func (c *Conn) readRequest() {
 		return
 	}
 	c.scanned = 0
-	c.deflate = agreed.Deflate.WindowBits
-	c.proto = s.protocolIndex(agreed.Protocol)
+	c.ext = agreed.Deflate.WindowBits&0x0f | s.protocolIndex(agreed.Protocol)<<4
 	c.setState(stateAccepting)
 	c.deadline = s.clock() + millis(s.cfg.HandshakeTimeout)
 	c.route = route
@@ -313,7 +319,7 @@ func (c *Conn) readFrames() {
 		// (RFC 7692 section 6.1): not on control frames, not on
 		// continuations.
 		var allowedRsv byte
-		if c.deflate != 0 && (h.OpCode == ws.OpText || h.OpCode == ws.OpBinary) {
+		if c.deflate() != 0 && (h.OpCode == ws.OpText || h.OpCode == ws.OpBinary) {
 			allowedRsv = codec.RSV1
 		}
 		if err := codec.CheckClientHeader(h, allowedRsv); err != nil {
@@ -615,11 +621,11 @@ func (c *Conn) SendMessage(op ws.OpCode, payload []byte) bool {
 	if c.state != stateOpen {
 		return false
 	}
-	if c.deflate == 0 {
+	if c.deflate() == 0 {
 		return c.writeFrame(op, payload)
 	}
 	l := c.loop
-	l.frame = l.compressor(c.deflate).AppendFrame(l.frame[:0], op, payload)
+	l.frame = l.compressor(c.deflate()).AppendFrame(l.frame[:0], op, payload)
 	ok := c.write(l.frame)
 	if cap(l.frame) > 64<<10 {
 		l.frame = make([]byte, 0, 256) // a large echo need not stay with the loop
@@ -632,15 +638,15 @@ func (c *Conn) SendMessage(op ws.OpCode, payload []byte) bool {
 // deflate.Compressor of 15 window bits may be sent to it as it is. A client
 // that asked for a smaller window gets plain frames from such senders,
 // which RFC 7692 allows (compression is per message).
-func (c *Conn) Deflate() bool { return c.deflate == 15 }
+func (c *Conn) Deflate() bool { return c.deflate() == 15 }
 
 // Subprotocol is the subprotocol the upgrade selected, from
 // Config.Subprotocols, or "" for none.
 func (c *Conn) Subprotocol() string {
-	if c.proto == 0 {
+	if c.proto() == 0 {
 		return ""
 	}
-	return c.loop.s.cfg.Subprotocols[c.proto-1]
+	return c.loop.s.cfg.Subprotocols[c.proto()-1]
 }
 
 // Close sends a close frame with code and reason and starts the closing

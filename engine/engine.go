@@ -272,8 +272,8 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("engine: compression level %d: %w", cfg.CompressionLevel, err)
 		}
 	}
-	if len(cfg.Subprotocols) > 255 {
-		return nil, errors.New("engine: more than 255 subprotocols")
+	if len(cfg.Subprotocols) > MaxSubprotocols {
+		return nil, fmt.Errorf("engine: %d subprotocols, more than %d", len(cfg.Subprotocols), MaxSubprotocols)
 	}
 	for _, p := range cfg.Subprotocols {
 		if !validToken(p) {
@@ -322,6 +322,10 @@ func (s *Server) selectProtocol(offered []byte) []byte {
 	}
 	return nil
 }
+
+// MaxSubprotocols is how many names Config.Subprotocols may hold: a
+// connection keeps which one it selected in four bits.
+const MaxSubprotocols = 15
 
 // protocolIndex is 1 + the index of name in Config.Subprotocols, or 0.
 func (s *Server) protocolIndex(name []byte) uint8 {

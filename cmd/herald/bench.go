@@ -114,6 +114,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	token := fs.String("token", "", "JWT every connection presents as ?token= (mint one with herald token; it must permit the bench's channels, e.g. --subscribe 'bench.>')")
 	tokenKey := fs.String("token-key", "", "give every connection a token of its own (sub bench-N, subscribe PREFIX.>, valid an hour), signed with the RSA or EC private key in this PEM `FILE` and sent as Authorization: Bearer, as clients with their own tokens do; for a server started with --auth-public-key and the public half")
 	raw := fs.Bool("raw", false, "subscribe with format=raw (bare payloads) instead of the default JSON envelope")
+	fs.BoolVar(&cfg.Compress, "compress", false, "offer permessage-deflate in every upgrade, as browsers do, and inflate what comes compressed;\nfanout reports the bytes on the wire next to the uncompressed bytes (use --size 1024 or more: the server sends small messages plain)")
 	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench", "first part of every channel name; a random run id follows it")
 	fs.IntVar(&cfg.Messages, "messages", 200, "fanout, floor: messages to publish, round robin over the channels; 0 with --rate publishes until --duration")
 	fs.IntVar(&cfg.Rounds, "rounds", 0, "fanout, floor: publish this many messages on every channel, round robin (instead of --messages)")

@@ -450,3 +450,43 @@ func TestBenchSweepCommand(t *testing.T) {
 		t.Error("no sweep table")
 	}
 }
+
+// TestBenchFanoutCompress: with --compress the bench offers
+// permessage-deflate, inflates the server's compressed frames to check
+// every sequence number, and reports the bytes on the wire next to the
+// uncompressed bytes; 64-byte messages, under the threshold, come plain.
+func TestBenchFanoutCompress(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{Engine: engine.Config{Compression: true}})
+	nc := publisher(t, h)
+	for _, tt := range []struct {
+		size       int
+		compressed bool
+	}{{1024, true}, {64, false}} {
+		t.Run(strconv.Itoa(tt.size), func(t *testing.T) {
+			cfg := benchConfig(t, h, bench.Fanout, 200)
+			cfg.Channels = 4
+			cfg.Messages = 40
+			cfg.Size = tt.size
+			cfg.Compress = true
+			cfg.Duration = 20 * time.Second
+			cfg.Publish = nc.Publish
+			cfg.Flush = nc.Flush
+			res := runBenchT(t, cfg)
+			f := res.Fanout
+			if f.Delivered != f.Expected || f.Expected != 40/4*200 || f.Missing+f.Duplicated+f.OutOfOrder != 0 {
+				t.Fatalf("%+v", f)
+			}
+			if tt.compressed != (f.CompressedFrames >= f.Delivered) {
+				t.Fatalf("%d frames compressed for %d deliveries of %d B", f.CompressedFrames, f.Delivered, tt.size)
+			}
+			if tt.compressed && (f.WireRatio <= 0 || f.WireRatio > 0.6) || !tt.compressed && f.WireBytes != f.PlainBytes {
+				t.Fatalf("wire %d of %d plain bytes (%.2f)", f.WireBytes, f.PlainBytes, f.WireRatio)
+			}
+			var report strings.Builder
+			_ = res.WriteTable(&report)
+			if !strings.Contains(report.String(), "bytes on the wire") {
+				t.Errorf("report:\n%s", report.String())
+			}
+		})
+	}
+}

@@ -303,25 +303,31 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	for _, bc := range []struct {
 		name, channel string
 		wide          []string
+		deflate       bool
 	}{
-		{"shared", "idle.memory", nil},
-		{"personal", "user.%d", nil},
-		{"personal-wide", "user.%d", []string{"user.*"}}, // --nats-wide user.*
+		{"shared", "idle.memory", nil, false},
+		{"shared-deflate", "idle.memory", nil, true}, // every socket negotiated permessage-deflate
+		{"personal", "user.%d", nil, false},
+		{"personal-wide", "user.%d", []string{"user.*"}, false}, // --nats-wide user.*
 	} {
-		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide) })
+		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide, bc.deflate) })
 	}
 }
 
-func benchmarkIdleMemory(b *testing.B, channel string, wide []string) {
+func benchmarkIdleMemory(b *testing.B, channel string, wide []string, deflate bool) {
 	const conns = 19_000
 	for range b.N {
-		h := startTestHerald(b, heraldConfig{NATSWide: wide})
+		h := startTestHerald(b, heraldConfig{NATSWide: wide, Engine: engine.Config{Compression: deflate}})
+		spec := channel
+		if deflate {
+			spec += " deflate"
+		}
 		runtime.GC()
 		debug.FreeOSMemory()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		rssBefore := residentBytes(b)
-		startSink(b, h.srv.Addr(), conns, channel)
+		startSink(b, h.srv.Addr(), conns, spec)
 		waitFor(b, time.Minute, "every connection upgraded", func() bool { return h.srv.Stats().Upgraded == conns })
 		// First as the connect burst left it, then as a settled server would
 		// be: after the collector has run and the scavenger has returned the

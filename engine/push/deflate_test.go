@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -152,11 +153,29 @@ func TestCompressedOncePerFormat(t *testing.T) {
 			t.Fatalf("plain socket %d: small message compressed", i)
 		}
 	}
-	st := s.hub.Stats()
-	if n := st.Compressed - before.Compressed; n != 2 {
-		t.Errorf("%d compressions for one message in two formats to %d deflate sockets, want 2", n, len(deflateJSON)+len(deflateRaw))
+	// Random bytes do not compress: the raw frame goes plain even to
+	// deflate sockets (the envelope, a JSON string of escapes, shrinks).
+	random := make([]byte, 1024)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(random)
+	s.bus.Send("m", random)
+	for i, c := range deflateRaw {
+		if h, p := c.next(t); h.Rsv != 0 || !bytes.Equal(p, random) {
+			t.Fatalf("raw deflate socket %d: incompressible message %+v, want the plain frame", i, h)
+		}
 	}
-	if in, out := st.CompressedIn-before.CompressedIn, st.CompressedOut-before.CompressedOut; in != uint64(len(envelope)+len(big)) || out == 0 || out >= in {
+	for i, c := range deflateJSON {
+		if h, _ := c.next(t); h.Rsv != 4 {
+			t.Fatalf("deflate socket %d: envelope of random bytes not compressed: %+v", i, h)
+		}
+	}
+	for _, c := range append(plain, smallWindow...) {
+		c.next(t)
+	}
+	st := s.hub.Stats()
+	if n := st.Compressed - before.Compressed; n != 3 {
+		t.Errorf("%d compressions for two messages to %d deflate sockets, want 3 (two formats, then the envelope only)", n, len(deflateJSON)+len(deflateRaw))
+	}
+	if in, out := st.CompressedIn-before.CompressedIn, st.CompressedOut-before.CompressedOut; in <= uint64(len(envelope)+len(big)) || out == 0 || out >= in {
 		t.Errorf("compression bytes in %d out %d", in, out)
 	}
 }
