@@ -83,6 +83,8 @@ type Config struct {
 	// kept.
 	Size int
 	TTL  time.Duration
+	// Tail is the length of each channel's in-memory tail; default Size.
+	Tail int
 	// Memory keeps the managed stream in memory instead of files (tests).
 	Memory bool
 	// MaxReplay bounds the messages of one resume; past it the answer is
@@ -204,6 +206,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	}
 	if cfg.Size <= 0 {
 		cfg.Size = DefaultSize
+	}
+	if cfg.Tail <= 0 {
+		cfg.Tail = cfg.Size
 	}
 	if cfg.TTL < 0 {
 		return nil, fmt.Errorf("history: ttl %v is negative", cfg.TTL)

@@ -138,7 +138,7 @@ func (s *Store) Subscribed(id uint64, pattern string) {
 	if st == nil {
 		return
 	}
-	t := &tail{pattern: pattern, stream: st, ring: make([]entry, s.cfg.Size), lastSeen: make(map[string]uint64)}
+	t := &tail{pattern: pattern, stream: st, ring: make([]entry, s.cfg.Tail), lastSeen: make(map[string]uint64)}
 	s.mu.Lock()
 	s.tails[id] = t
 	s.byPattern[pattern] = t
