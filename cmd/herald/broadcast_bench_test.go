@@ -24,6 +24,7 @@ import (
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/engine/push/pushtest"
+	"github.com/herald-ws/herald/pubsub/history"
 )
 
 // broadcastServer is the engine and the push protocol on an in-memory bus:
@@ -297,19 +298,26 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	for _, bc := range []struct {
 		name, channel string
 		wide          []string
+		history       []string
 	}{
-		{"shared", "idle.memory", nil},
-		{"personal", "user.%d", nil},
-		{"personal-wide", "user.%d", []string{"user.*"}}, // --nats-wide user.*
+		{"shared", "idle.memory", nil, nil},
+		{"personal", "user.%d", nil, nil},
+		{"personal-wide", "user.%d", []string{"user.*"}, nil},      // --nats-wide user.*
+		{"shared-history", "idle.memory", nil, []string{"idle.>"}}, // --history 'idle.>'
+		{"personal-history", "user.%d", nil, []string{"user.>"}},   // --history 'user.>'
 	} {
-		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide) })
+		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide, bc.history) })
 	}
 }
 
-func benchmarkIdleMemory(b *testing.B, channel string, wide []string) {
+func benchmarkIdleMemory(b *testing.B, channel string, wide, hist []string) {
 	const conns = 19_000
 	for range b.N {
-		h := startTestHerald(b, heraldConfig{NATSWide: wide})
+		cfg := heraldConfig{NATSWide: wide}
+		if hist != nil {
+			cfg.History, cfg.DataDir = &history.Config{Subjects: hist}, b.TempDir()
+		}
+		h := startTestHerald(b, cfg)
 		runtime.GC()
 		debug.FreeOSMemory()
 		var before runtime.MemStats
