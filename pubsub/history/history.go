@@ -260,6 +260,10 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if len(s.streams) == 0 {
 		return nil, errors.New("history: no stream: give subjects or stream names")
 	}
+	for _, st := range s.streams {
+		log.Info("history: serving stream", "stream", st.name, "subjects", strings.Join(st.subjects, ","),
+			"republish", st.prefix+">", "epoch", st.Epoch(), "per_subject", st.perSubject)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.workers.Add(cfg.Readers)
 	for range cfg.Readers {
