@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/pubsub/history"
 	"github.com/herald-ws/herald/pubsub/natstest"
 )
@@ -678,4 +679,26 @@ func TestHistorySeamUnderLoad(t *testing.T) {
 	}
 	st := h.history.Stats()
 	t.Logf("%d resumes during %d publishes: %d stream reads, %d from the tail", len(starts), total, st.Reads, st.TailHits)
+}
+
+// serve refuses history flags that cannot work, saying which and why.
+func TestHistoryFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--history-stream", "ORDERS"}, "--history-stream without --history names existing streams of an external NATS"},
+		{[]string{"--history", "chat.>", "--history-size", "0"}, "--history-size 0: it must be at least 1"},
+		{[]string{"--history", "chat.>", "--history-ttl", "-1s"}, "--history-ttl -1s: it must be positive"},
+		{[]string{"--history", "chat.>", "--max-replay", "0"}, "--max-replay 0: it must be at least 1"},
+		{[]string{"--history", "chat.>", "--max-snapshot", "-5"}, "--max-snapshot -5: it must be at least 1"},
+		{[]string{"--history", "_private.>"}, `subject "_private.>" cannot hold channel history`},
+	} {
+		var stderr enginetest.Buffer
+		args := append([]string{"serve", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1", "--data-dir", dir, "--log-level", "error"}, tt.args...)
+		if code := run(args, &stderr, &stderr); code == 0 || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want a failure saying %q", tt.args, code, stderr.String(), tt.want)
+		}
+	}
 }
