@@ -24,6 +24,7 @@ import (
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/engine/push/pushtest"
+	"github.com/herald-ws/herald/pubsub/history"
 )
 
 // broadcastServer is the engine and the push protocol on an in-memory bus:
@@ -304,20 +305,27 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		name, channel string
 		wide          []string
 		deflate       bool
+		history       []string
 	}{
-		{"shared", "idle.memory", nil, false},
-		{"shared-deflate", "idle.memory", nil, true}, // every socket negotiated permessage-deflate
-		{"personal", "user.%d", nil, false},
-		{"personal-wide", "user.%d", []string{"user.*"}, false}, // --nats-wide user.*
+		{"shared", "idle.memory", nil, false, nil},
+		{"shared-deflate", "idle.memory", nil, true, nil}, // every socket negotiated permessage-deflate
+		{"personal", "user.%d", nil, false, nil},
+		{"personal-wide", "user.%d", []string{"user.*"}, false, nil},      // --nats-wide user.*
+		{"shared-history", "idle.memory", nil, false, []string{"idle.>"}}, // --history 'idle.>'
+		{"personal-history", "user.%d", nil, false, []string{"user.>"}},   // --history 'user.>'
 	} {
-		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide, bc.deflate) })
+		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide, bc.deflate, bc.history) })
 	}
 }
 
-func benchmarkIdleMemory(b *testing.B, channel string, wide []string, deflate bool) {
+func benchmarkIdleMemory(b *testing.B, channel string, wide []string, deflate bool, hist []string) {
 	const conns = 19_000
 	for range b.N {
-		h := startTestHerald(b, heraldConfig{NATSWide: wide, Engine: engine.Config{Compression: deflate}})
+		cfg := heraldConfig{NATSWide: wide, Engine: engine.Config{Compression: deflate}}
+		if hist != nil {
+			cfg.History, cfg.DataDir = &history.Config{Subjects: hist}, b.TempDir()
+		}
+		h := startTestHerald(b, cfg)
 		spec := channel
 		if deflate {
 			spec += " deflate"

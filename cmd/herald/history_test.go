@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/pubsub/history"
 	"github.com/herald-ws/herald/pubsub/natstest"
 )
@@ -576,5 +577,128 @@ func TestHistoryResumeInBrowser(t *testing.T) {
 	screenshot(t, page, "demo-recovered-real.png")
 	if errs := pageExceptions(page); len(errs) > 0 {
 		t.Errorf("the page threw:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// Resumes while messages keep coming: clients subscribe with since at
+// different moments of a steady stream of publishes, from positions both
+// inside the channel's in-memory tail and behind it (read from the
+// stream), and each gets every message after its since exactly once, in
+// order: no gap and no duplicate at the seam between replay and live.
+func TestHistorySeamUnderLoad(t *testing.T) {
+	const total = 3000
+	h := startHistoryHerald(t, "127.0.0.1:0", "127.0.0.1:-1", t.TempDir(), history.Config{Subjects: []string{"seam.>"}, MaxReplay: total, Size: total, Tail: 60})
+	first := dialWS(t, h.herald, "channel=seam.s") // the channel is live before the first publish
+	_ = first
+	published := make(chan int, total)
+	errs := make(chan error, 1)
+	go func() {
+		for i := 1; i <= total; i++ {
+			f, err := h.js.PublishAsync("seam.s", []byte(strconv.Itoa(i)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				errs <- err
+				return
+			}
+			published <- i
+		}
+		errs <- nil
+	}()
+	type result struct {
+		since uint64
+		seqs  []uint64
+		err   error
+	}
+	results := make(chan result, 32)
+	starts := []int{50, 200, 500, 900, 1300, 1700, 2100, 2500, 2900, 2990}
+	next := 0
+	for n := range published {
+		for next < len(starts) && n >= starts[next] {
+			since := uint64(starts[next] - 40*(next%3)) // 0, 40 or 80 behind the head
+			conn, _, err := websocket.DefaultDialer.Dial("ws://"+h.srv.Addr()+"/ws", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			expectConnected(t, conn)
+			sendCommand(t, conn, fmt.Sprintf(`{"op":"subscribe","channel":"seam.s","since":%d,"id":1}`, since))
+			go func() {
+				r := result{since: since}
+				for {
+					_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+					_, msg, err := conn.ReadMessage()
+					if err != nil {
+						r.err = err
+						break
+					}
+					var f historyFrame
+					_ = json.Unmarshal(msg, &f)
+					if f.Op == "ack" {
+						if f.Recovered == nil || !*f.Recovered {
+							r.err = fmt.Errorf("ack %s", msg)
+							break
+						}
+						continue
+					}
+					r.seqs = append(r.seqs, f.Seq)
+					if f.Seq >= total {
+						break
+					}
+				}
+				results <- r
+			}()
+			next++
+		}
+		if n == total {
+			break
+		}
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	for range starts {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("since %d: %v after %d messages", r.since, r.err, len(r.seqs))
+			continue
+		}
+		for i, seq := range r.seqs {
+			if seq != r.since+uint64(i)+1 {
+				t.Errorf("since %d: message %d has seq %d, want %d (a gap or a duplicate at the seam)", r.since, i, seq, r.since+uint64(i)+1)
+				break
+			}
+		}
+		if want := total - int(r.since); len(r.seqs) != want {
+			t.Errorf("since %d: %d messages, want %d", r.since, len(r.seqs), want)
+		}
+	}
+	st := h.history.Stats()
+	t.Logf("%d resumes during %d publishes: %d stream reads, %d from the tail", len(starts), total, st.Reads, st.TailHits)
+}
+
+// serve refuses history flags that cannot work, saying which and why.
+func TestHistoryFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--history-stream", "ORDERS"}, "--history-stream without --history names existing streams of an external NATS"},
+		{[]string{"--history", "chat.>", "--history-size", "0"}, "--history-size 0: it must be at least 1"},
+		{[]string{"--history", "chat.>", "--history-ttl", "-1s"}, "--history-ttl -1s: it must be positive"},
+		{[]string{"--history", "chat.>", "--max-replay", "0"}, "--max-replay 0: it must be at least 1"},
+		{[]string{"--history", "chat.>", "--max-snapshot", "-5"}, "--max-snapshot -5: it must be at least 1"},
+		{[]string{"--history", "_private.>"}, `subject "_private.>" cannot hold channel history`},
+	} {
+		var stderr enginetest.Buffer
+		args := append([]string{"serve", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1", "--data-dir", dir, "--log-level", "error"}, tt.args...)
+		if code := run(args, &stderr, &stderr); code == 0 || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want a failure saying %q", tt.args, code, stderr.String(), tt.want)
+		}
 	}
 }

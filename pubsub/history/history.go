@@ -83,6 +83,8 @@ type Config struct {
 	// kept.
 	Size int
 	TTL  time.Duration
+	// Tail is the length of each channel's in-memory tail; default Size.
+	Tail int
 	// Memory keeps the managed stream in memory instead of files (tests).
 	Memory bool
 	// MaxReplay bounds the messages of one resume; past it the answer is
@@ -205,6 +207,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.Size <= 0 {
 		cfg.Size = DefaultSize
 	}
+	if cfg.Tail <= 0 {
+		cfg.Tail = cfg.Size
+	}
 	if cfg.TTL < 0 {
 		return nil, fmt.Errorf("history: ttl %v is negative", cfg.TTL)
 	}
@@ -254,6 +259,10 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	}
 	if len(s.streams) == 0 {
 		return nil, errors.New("history: no stream: give subjects or stream names")
+	}
+	for _, st := range s.streams {
+		log.Info("history: serving stream", "stream", st.name, "subjects", strings.Join(st.subjects, ","),
+			"republish", st.prefix+">", "epoch", st.Epoch(), "per_subject", st.perSubject)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.workers.Add(cfg.Readers)

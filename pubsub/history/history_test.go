@@ -56,7 +56,7 @@ func (r *relay) passed() []string {
 
 // setup starts an embedded NATS with JetStream, a broker on it and a store
 // managing a stream for subjects, and subscribes channel through it.
-func setup(t *testing.T, r *relay, channel string, subjects ...string) (*history.Store, jetstream.JetStream, *pubsub.Broker) {
+func setup(t testing.TB, r *relay, channel string, subjects ...string) (*history.Store, jetstream.JetStream, *pubsub.Broker) {
 	t.Helper()
 	r.lives = make(chan error, 1)
 	b, err := pubsub.Start(pubsub.Config{
@@ -70,7 +70,8 @@ func setup(t *testing.T, r *relay, channel string, subjects ...string) (*history
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, err := history.Open(ctx, b.Conn(), history.Config{Subjects: subjects, Memory: true, Size: 100,
-		Drops: func() uint64 { st := b.Stats(); return st.Dropped + st.Disconnects }})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Drops:  func() uint64 { st := b.Stats(); return st.Dropped + st.Disconnects }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func setup(t *testing.T, r *relay, channel string, subjects ...string) (*history
 
 // subscribe subscribes id to channel through the store, as Herald's bus
 // does, and waits for its Live.
-func subscribe(t *testing.T, r *relay, s *history.Store, b *pubsub.Broker, id uint64, channel string) {
+func subscribe(t testing.TB, r *relay, s *history.Store, b *pubsub.Broker, id uint64, channel string) {
 	t.Helper()
 	s.Subscribed(id, channel)
 	b.Subscribe(id, s.Subject(channel))
@@ -196,5 +197,31 @@ func TestStormReadsTheStreamOnce(t *testing.T) {
 	t.Logf("%d resumes: %d stream reads, %d info calls, %d answered from the tail", clients, st.Reads, st.Infos, st.TailHits)
 	if st.Reads > 3 || st.Infos >= clients/10 {
 		t.Errorf("%+v: want at most 3 reads (one per position) and far fewer info calls than resumes", st)
+	}
+}
+
+// BenchmarkRepublished is the history's share of a live message on the
+// way from NATS to the hub: its tail and gap bookkeeping. It allocates
+// nothing once the tail's slots have grown.
+func BenchmarkRepublished(b *testing.B) {
+	r := &relay{}
+	s, _, _ := setup(b, r, "bench.a", "bench.>")
+	data := []byte(`{"sym":"AAPL","px":187.25,"ts":1732180000000,"seq":123456789012}`)
+	subs := []uint64{1}
+	var passed uint64
+	out := func(string, []byte, []uint64, uint64) { passed++ }
+	seq := uint64(0)
+	for range 1000 { // grow the tail's slots
+		seq++
+		s.Republished("bench.a", data, subs, seq, seq-1, out)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		seq++
+		s.Republished("bench.a", data, subs, seq, seq-1, out)
+	}
+	if passed != seq {
+		b.Fatalf("passed on %d of %d", passed, seq)
 	}
 }

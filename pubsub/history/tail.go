@@ -19,6 +19,7 @@ type tail struct {
 	live    bool // the bus confirmed the subscription
 
 	ring  []entry
+	size  int // the ring's capacity
 	start int // index of the oldest entry
 	n     int // entries held
 
@@ -50,16 +51,23 @@ func (t *tail) last() uint64 {
 }
 
 // add takes a live message in. Copies through overlapping subscriptions,
-// and anything older than what the tail has, change nothing.
+// and anything older than what the tail has, change nothing. The ring
+// grows up to its capacity as messages come, so that a quiet channel (a
+// personal one) costs little more than the struct.
 func (t *tail) add(seq uint64, subject string, data []byte) {
 	if seq <= t.last() || seq <= t.through && t.valid {
 		return
 	}
 	var e *entry
-	if t.n < len(t.ring) {
+	switch {
+	case t.n < len(t.ring):
 		e = t.at(t.n)
 		t.n++
-	} else {
+	case len(t.ring) < t.size:
+		t.ring = append(t.ring, entry{}) // start is 0 until the ring is full
+		e = &t.ring[t.n]
+		t.n++
+	default:
 		e = t.at(0)
 		if t.valid {
 			t.from = e.seq // what was after it is still here
@@ -117,14 +125,11 @@ func (t *tail) merge(since, through uint64, read []Msg, drops uint64) {
 		}
 	}
 	from := since
-	if over := len(all) - len(t.ring); over > 0 {
+	if over := len(all) - t.size; over > 0 {
 		from = all[over-1].seq
 		all = all[over:]
 	}
-	for i := range t.ring {
-		t.ring[i] = entry{}
-	}
-	copy(t.ring, all)
+	t.ring = all
 	t.start, t.n = 0, len(all)
 	t.valid, t.from, t.drops = true, from, drops
 	t.through = max(through, t.last())
@@ -138,7 +143,7 @@ func (s *Store) Subscribed(id uint64, pattern string) {
 	if st == nil {
 		return
 	}
-	t := &tail{pattern: pattern, stream: st, ring: make([]entry, s.cfg.Size), lastSeen: make(map[string]uint64)}
+	t := &tail{pattern: pattern, stream: st, size: s.cfg.Tail}
 	s.mu.Lock()
 	s.tails[id] = t
 	s.byPattern[pattern] = t
@@ -263,6 +268,9 @@ func (s *Store) noteSeen(subject string, subs []uint64, seq uint64) {
 	for _, id := range subs {
 		if t := s.tails[id]; t != nil && t.live {
 			if prev, seen := t.lastSeen[subject]; !seen || seq > prev {
+				if t.lastSeen == nil {
+					t.lastSeen = make(map[string]uint64) // a quiet channel has none
+				}
 				t.lastSeen[subject] = seq
 			}
 		}
