@@ -20,7 +20,7 @@ func (res *Result) aggregate(shards []*shardResult, published []uint64, publishS
 	if extra != nil {
 		hist.Merge(extra)
 	}
-	var reads uint64
+	var reads, wire, plain, zipped uint64
 	var storm StormResult
 	storm.Refusals = map[string]int{}
 	closed := map[string]int{}
@@ -48,6 +48,9 @@ func (res *Result) aggregate(shards []*shardResult, published []uint64, publishS
 		}
 		res.OtherMessages += s.Other
 		reads += s.Reads
+		wire += s.WireBytes
+		plain += s.PlainBytes
+		zipped += s.Compressed
 		if err := mergeLatency(hist, s.Latency); err != nil {
 			errs = append(errs, err)
 		}
@@ -72,6 +75,7 @@ func (res *Result) aggregate(shards []*shardResult, published []uint64, publishS
 		}
 		fanoutTotals(res.Fanout, channels, published, hist)
 		res.Fanout.setReads(reads)
+		res.Fanout.setBytes(wire, plain, zipped)
 		if lastDelivery > 0 && !publishStart.IsZero() {
 			if d := time.Duration(lastDelivery - publishStart.UnixNano()); d > 0 {
 				res.Fanout.Seconds = d.Seconds()
@@ -97,6 +101,15 @@ func fanoutTotals(f *FanoutResult, channels []channelCounts, published []uint64,
 	}
 	f.DeliveredPct = percent(f.Delivered, f.Expected)
 	f.Latency = summarizeLatency(hist)
+}
+
+// setBytes records the data frames' bytes on the wire and uncompressed,
+// and how many arrived compressed.
+func (f *FanoutResult) setBytes(wire, plain, compressed uint64) {
+	f.WireBytes, f.PlainBytes, f.CompressedFrames = wire, plain, compressed
+	if plain > 0 {
+		f.WireRatio = float64(wire) / float64(plain)
+	}
 }
 
 // setReads records how many reads the first deliveries took.

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -71,6 +72,10 @@ type Config struct {
 	// Raw subscribes with format=raw, receiving bare payloads instead of
 	// the default JSON envelope.
 	Raw bool
+	// Compress offers permessage-deflate in every upgrade, as browsers
+	// do, and inflates what the server compresses; the fanout report then
+	// gives the bytes on the wire next to the uncompressed bytes.
+	Compress bool
 	// Messages is how many messages fanout publishes, round robin over the
 	// channels. 0 with a Rate publishes until Duration. Default 200.
 	Messages int
@@ -84,11 +89,13 @@ type Config struct {
 	Duration time.Duration
 	// Timeout bounds the whole run. Default 2 minutes.
 	Timeout time.Duration
-	// ServerPID is the server's process, read from /proc for resident
-	// memory and CPU time. 0 tries the server's /metrics instead.
-	ServerPID int
-	// MetricsURL is where the server's Prometheus metrics are, used when
-	// ServerPID is 0. Default: /metrics on the URL's host.
+	// ServerPIDs are the server's processes, read from /proc for resident
+	// memory and CPU time: one, or several sharing the port
+	// (--reuseport), whose figures are summed. None tries the server's
+	// /metrics instead.
+	ServerPIDs []int
+	// MetricsURL is where the server's Prometheus metrics are, used
+	// without ServerPIDs. Default: /metrics on the URL's host.
 	MetricsURL string
 	// Procs is how many processes hold the connections; 0 picks
 	// ceil(Conns/MaxShardConns). With more than one, every shard runs in
@@ -122,6 +129,14 @@ type Config struct {
 	// from the drop until every dropped connection is back: what clients
 	// that are not part of a storm see of it. 0 runs the storm alone.
 	Receivers int
+	// Resume, for storm, puts the connections on history channels (the
+	// server must keep history for PREFIX.>, e.g. herald serve --history
+	// 'bench.>'): the run publishes to them at Rate (default 100 msg/s)
+	// from a second before the drop until every dropped connection is
+	// back, each reconnects with since= the last sequence it received, and
+	// the run counts what every connection got: every message exactly
+	// once, and when the last one arrived.
+	Resume bool
 
 	// Tokens, when set, gives connection i (run-wide, receivers after the
 	// others) a token of its own, sent as Authorization: Bearer, as many
@@ -218,7 +233,7 @@ func (c *Config) setDefaults() {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = defaultHandshakeTimeout
 	}
-	if c.Receivers > 0 && c.Rate == 0 {
+	if (c.Receivers > 0 || c.Resume) && c.Rate == 0 {
 		c.Rate = defaultReceiverRate
 	}
 	if c.Procs == 0 {
@@ -267,6 +282,14 @@ func (c *Config) check() (*url.URL, error) {
 		return nil, errors.New("receivers are a storm's: they stay up through it")
 	case c.Receivers > 0 && c.Publish == nil:
 		return nil, errors.New("a storm with receivers needs a Publish function")
+	case c.Resume && c.Scenario != Storm:
+		return nil, errors.New("resume is a storm's: its connections resume after it")
+	case c.Resume && c.Publish == nil:
+		return nil, errors.New("a storm that resumes needs a Publish function")
+	case c.Resume && c.Duration <= 2*resumeLead:
+		return nil, fmt.Errorf("a storm that resumes publishes for at most --duration, from %v before the drop: give it more than %v", resumeLead, 2*resumeLead)
+	case c.Resume && c.Raw:
+		return nil, errors.New("resume reads the sequence in the JSON envelope: not with raw")
 	case c.Receivers > 0 && c.ShardCommand == nil:
 		return nil, errors.New("receivers need a ShardCommand: they run in a child process of their own")
 	case c.Procs > 1 && c.ShardCommand == nil:
@@ -291,7 +314,7 @@ func (c *Config) check() (*url.URL, error) {
 			return nil, fmt.Errorf("sweep rate %v: every rate must be above 0", r)
 		}
 	}
-	if c.Scenario == Fanout || c.Scenario == Floor || c.Receivers > 0 {
+	if c.Scenario == Fanout || c.Scenario == Floor || c.Receivers > 0 || c.Resume {
 		if c.Scenario == Fanout && c.Publish == nil {
 			return nil, errors.New("fanout needs a Publish function")
 		}
@@ -306,7 +329,7 @@ func (c *Config) check() (*url.URL, error) {
 				}
 				maxSeq += n
 			}
-		case c.Receivers > 0:
+		case c.Receivers > 0 || c.Resume:
 			// The quiet phase, then the storm's, which lasts at most
 			// the rest of the run.
 			maxSeq = uint64(c.Rate*(c.Duration+c.Timeout).Seconds()) + 1
@@ -425,4 +448,26 @@ func ParseChannels(s string) (n int, perConn bool, err error) {
 		return 0, false, fmt.Errorf("channels %q: want a count of at least 1, or %s", s, PerConnChannels)
 	}
 	return n, false, nil
+}
+
+// ParseServerPIDs reads --server-pid: one process id, or several, comma
+// separated, for a server of several processes on one port. "" and "0"
+// mean none.
+func ParseServerPIDs(s string) ([]int, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		return nil, nil
+	}
+	var pids []int
+	for _, f := range strings.Split(s, ",") {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid < 1 {
+			return nil, fmt.Errorf("server pid %q: want a process id", f)
+		}
+		if slices.Contains(pids, pid) {
+			return nil, fmt.Errorf("server pid %d given twice: its figures would count twice", pid)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
 }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseSourceIPs(t *testing.T) {
@@ -116,6 +117,10 @@ func TestConfigCheck(t *testing.T) {
 		{Config{Scenario: Storm, URL: "ws://h:1/ws", Receivers: -1}, "receivers must be"},
 		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Conns: 1000, Receivers: 19001}, "receivers must be"},
 		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Receivers: 10}, "ShardCommand"},
+		{Config{Scenario: Fanout, URL: "ws://h:1/ws", Publish: publish, Resume: true}, "storm's"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Resume: true}, "Publish"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Resume: true, Duration: time.Second}, "more than"},
+		{Config{Scenario: Storm, URL: "ws://h:1/ws", Publish: publish, Resume: true, Raw: true}, "raw"},
 	} {
 		tc.cfg.setDefaults()
 		_, err := tc.cfg.check()

@@ -21,14 +21,15 @@ const maxResponseHead = 8 << 10
 // Sec-WebSocket-Key so that a connection's request is two appends and its
 // key.
 type upgradeRequest struct {
-	head []byte // request line and headers up to the key's value
+	head   []byte // request line and headers up to the key's value
+	target int    // where the request line's target (path and query) ends in head
 }
 
 const upgradeRequestTail = "\r\n\r\n"
 
 // newUpgradeRequest builds the request for target (a ws:// URL) with the
 // query channel=channel, plus format=raw when raw.
-func newUpgradeRequest(target *url.URL, channel string, raw bool) upgradeRequest {
+func newUpgradeRequest(target *url.URL, channel string, raw, compress bool) upgradeRequest {
 	q := target.Query()
 	q.Set("channel", channel)
 	if raw {
@@ -43,16 +44,29 @@ func newUpgradeRequest(target *url.URL, channel string, raw bool) upgradeRequest
 	b = append(b, path...)
 	b = append(b, '?')
 	b = append(b, q.Encode()...)
+	end := len(b)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, target.Host...)
-	b = append(b, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "...)
-	return upgradeRequest{head: b}
+	b = append(b, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"...)
+	if compress {
+		// What every browser offers.
+		b = append(b, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"...)
+	}
+	b = append(b, "Sec-WebSocket-Key: "...)
+	return upgradeRequest{head: b, target: end}
 }
 
-// append appends the request with key, and with token as a bearer token
-// unless it is empty.
-func (r upgradeRequest) append(dst []byte, key []byte, token string) []byte {
-	dst = append(dst, r.head...)
+// append appends the request with key; with since= in its query unless
+// since is 0, and with token as a bearer token unless it is empty.
+func (r upgradeRequest) append(dst []byte, key []byte, token string, since uint64) []byte {
+	if since > 0 {
+		dst = append(dst, r.head[:r.target]...)
+		dst = append(dst, "&since="...)
+		dst = strconv.AppendUint(dst, since, 10)
+		dst = append(dst, r.head[r.target:]...)
+	} else {
+		dst = append(dst, r.head...)
+	}
 	dst = append(dst, key...)
 	if token != "" {
 		dst = append(dst, "\r\nAuthorization: Bearer "...)

@@ -15,7 +15,7 @@ const testKey = "dGhlIHNhbXBsZSBub25jZQ=="
 
 func TestUpgradeRequest(t *testing.T) {
 	u, _ := url.Parse("ws://127.0.0.1:8080/ws?token=abc")
-	req := newUpgradeRequest(u, "bench.x.0", true).append(nil, []byte(testKey), "")
+	req := newUpgradeRequest(u, "bench.x.0", true, false).append(nil, []byte(testKey), "", 0)
 	var r codec.Request
 	if err := codec.ParseRequest(req, &r); err != nil {
 		t.Fatalf("%v:\n%s", err, req)
@@ -31,7 +31,7 @@ func TestUpgradeRequest(t *testing.T) {
 	if bytes.Contains(req, []byte("Authorization")) {
 		t.Errorf("a bearer token nobody gave:\n%s", req)
 	}
-	bearer := newUpgradeRequest(u, "bench.x.0", false).append(nil, []byte(testKey), "T.O.K")
+	bearer := newUpgradeRequest(u, "bench.x.0", false, false).append(nil, []byte(testKey), "T.O.K", 0)
 	if err := codec.ParseRequest(bearer, &r); err != nil {
 		t.Fatalf("%v:\n%s", err, bearer)
 	}
@@ -40,6 +40,25 @@ func TestUpgradeRequest(t *testing.T) {
 	}
 	resp, err := parseUpgradeResponse(answer, []byte(testKey), nil)
 	if err != nil || resp.status != 101 {
+		t.Fatalf("the server's answer: %+v %v", resp, err)
+	}
+}
+
+// With compress the request offers permessage-deflate as a browser does,
+// and the server's codec agrees to it.
+func TestUpgradeRequestOffersDeflate(t *testing.T) {
+	u, _ := url.Parse("ws://127.0.0.1:8080/ws")
+	req := newUpgradeRequest(u, "bench.x.0", false, true).append(nil, []byte(testKey), "", 0)
+	var r codec.Request
+	if err := codec.ParseRequest(req, &r); err != nil {
+		t.Fatalf("%v:\n%s", err, req)
+	}
+	up := codec.Upgrader{Deflate: true}
+	answer, agreed, err := up.Answer(nil, &r)
+	if err != nil || agreed.Deflate.WindowBits != 15 {
+		t.Fatalf("deflate not agreed: %+v %v", agreed, err)
+	}
+	if resp, err := parseUpgradeResponse(answer, []byte(testKey), nil); err != nil || resp.status != 101 {
 		t.Fatalf("the server's answer: %+v %v", resp, err)
 	}
 }

@@ -83,3 +83,22 @@ func BenchmarkParsePayloadEnvelope(b *testing.B) {
 		ParsePayload(env)
 	}
 }
+
+func TestEnvelopeSeq(t *testing.T) {
+	for _, tc := range []struct {
+		frame string
+		want  uint64
+		ok    bool
+	}{
+		{`{"channel":"bench.x.0","seq":1234,"data":{"seq":7,"ts":1,"pad":""}}`, 1234, true},
+		{`{"channel":"bench.x.0","data":{"seq":7,"ts":1,"pad":""}}`, 0, false},        // not a history channel
+		{`{"channel":"bench.x.0","data":{"a":"b","seq":9}}`, 0, false},                // a payload's own field
+		{`{"op":"ack","channel":"bench.x.0","recovered":true,"epoch":"1"}`, 0, false}, // not a message
+		{`{"channel":"bench.x.0","seq":x,"data":1}`, 0, false},
+	} {
+		got, ok := envelopeSeq([]byte(tc.frame))
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%s: %d %v, want %d %v", tc.frame, got, ok, tc.want, tc.ok)
+		}
+	}
+}

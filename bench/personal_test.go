@@ -55,7 +55,7 @@ func TestPersonalChannels(t *testing.T) {
 				Procs:        procs,
 				Loops:        1,
 				Dialers:      8,
-				ServerPID:    os.Getpid(),
+				ServerPIDs:   []int{os.Getpid()},
 				Publish:      r.publish,
 				ShardCommand: testShardCommand,
 			})

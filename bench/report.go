@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -137,6 +138,14 @@ type FanoutResult struct {
 	// kernel queued several writes for one read).
 	Reads   uint64  `json:"reads,omitempty"`
 	PerRead float64 `json:"messages_per_read,omitempty"`
+	// WireBytes are the data frames' bytes as they crossed the network,
+	// PlainBytes what they would have been uncompressed, WireRatio the
+	// first over the second, and CompressedFrames how many frames came
+	// compressed (permessage-deflate, with --compress).
+	WireBytes        uint64  `json:"wire_bytes,omitempty"`
+	PlainBytes       uint64  `json:"plain_bytes,omitempty"`
+	WireRatio        float64 `json:"wire_ratio,omitempty"`
+	CompressedFrames uint64  `json:"compressed_frames,omitempty"`
 }
 
 // SweepStep is one rate of an overload sweep: the fanout's figures for
@@ -187,6 +196,21 @@ type StormResult struct {
 	// Receivers is what the connections that stayed up got, when the run
 	// had some.
 	Receivers *StormReceivers `json:"receivers,omitempty"`
+	// Resume is what the connections got when they resumed on history
+	// channels.
+	Resume *StormResume `json:"resume,omitempty"`
+}
+
+// StormResume is what a storm's connections received, on history
+// channels published to from before the drop until the last was back,
+// resuming with since= after it: every message exactly once when nothing
+// was lost. CaughtUpSeconds runs from the drop to the last delivery.
+// StreamReads is how many times the server read its history streams
+// meanwhile (herald_history_reads_total), when its /metrics tells.
+type StormResume struct {
+	*FanoutResult
+	CaughtUpSeconds float64 `json:"caught_up_seconds"`
+	StreamReads     *int64  `json:"stream_reads,omitempty"`
 }
 
 // StormReceivers compares what the connections that stay up through a
@@ -278,6 +302,10 @@ func (r *Result) WriteTable(w io.Writer) error {
 		if f.Reads > 0 {
 			row("messages per read", "%.2f (%d reads brought the first deliveries)", f.PerRead, f.Reads)
 		}
+		if f.PlainBytes > 0 {
+			row("bytes on the wire", "%s of %s uncompressed (%.1f%%, %d frames compressed)",
+				bytesIEC(int64(f.WireBytes)), bytesIEC(int64(f.PlainBytes)), 100*f.WireRatio, f.CompressedFrames)
+		}
 	}
 	if fl := r.Floor; fl != nil {
 		row("floor", "%d sockets, a %d-byte frame each per message, %d passes, %d writes", fl.Sockets, fl.FrameBytes, fl.Passes, fl.Writes)
@@ -291,6 +319,16 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 		row("storm", "%d dropped, %d reconnected in %d attempts, %d gave up: %s", s.Dropped, s.Reconnected, s.Attempts, s.GaveUp, back)
 		row("storm refusals", "%s", reasons(s.Refusals))
+		if rs := s.Resume; rs != nil && rs.FanoutResult != nil {
+			f, l := rs.FanoutResult, rs.Latency
+			reads := "n/a (no herald_history_reads_total)"
+			if rs.StreamReads != nil {
+				reads = strconv.FormatInt(*rs.StreamReads, 10)
+			}
+			row("resumed", "%d messages at %g msg/s: delivered %d/%d (%.3f%%), missing %d, dup %d, out of order %d; all caught up %s after the drop; p99 %s; stream reads %s",
+				f.Published, f.Rate, f.Delivered, f.Expected, f.DeliveredPct, f.Missing, f.Duplicated, f.OutOfOrder,
+				seconds(rs.CaughtUpSeconds), millis(l.P99), reads)
+		}
 		if rx := s.Receivers; rx != nil {
 			for _, ph := range []struct {
 				name string

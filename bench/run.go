@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if r.res.Storm != nil {
 		r.res.Storm.Receivers = r.stormReceivers
+		r.res.Storm.Resume = r.stormResume
 	}
 	r.res.Seconds = time.Since(start).Seconds()
 	return r.res, nil
@@ -151,6 +152,7 @@ type runner struct {
 	expected       atomic.Uint64   // deliveries the messages published so far should make
 	published      []uint64        // measured messages published, by channel
 	stormReceivers *StormReceivers // what a storm's receivers got, by phase
+	stormResume    *StormResume    // what a resuming storm's connections got
 	publishTo      []int           // the channels publishSteady goes round, all by default
 	publishStart   time.Time
 	next           int // the channel the round robin publishes to next
@@ -186,7 +188,7 @@ func (r *runner) stayFrom() int {
 func (r *runner) newProbe() serverProbe {
 	if r.cfg.Scenario == Floor {
 		// The floor's "server" is this process; it measures itself.
-		if r.cfg.ServerPID > 0 || r.cfg.MetricsURL != "" {
+		if len(r.cfg.ServerPIDs) > 0 || r.cfg.MetricsURL != "" {
 			r.note("floor measures its own writes: --server-pid and --metrics are not used")
 		}
 		return nil
@@ -196,8 +198,8 @@ func (r *runner) newProbe() serverProbe {
 		mu = "http://" + r.target.Host + "/metrics"
 	}
 	r.metrics = metricsProbe{url: mu, client: &http.Client{Timeout: 2 * time.Second}}
-	if r.cfg.ServerPID > 0 {
-		p := procProbe{pid: r.cfg.ServerPID}
+	if len(r.cfg.ServerPIDs) > 0 {
+		p := procProbe{pids: r.cfg.ServerPIDs}
 		r.res.Server.Source = p.source()
 		return p
 	}
@@ -260,7 +262,9 @@ func (r *runner) startShards(ctx context.Context, deadline time.Time) error {
 			Channels:         cfg.channelCount(),
 			Hot:              cfg.Hot,
 			StayFrom:         r.stayFrom(),
+			Resume:           cfg.Resume,
 			Raw:              cfg.Raw,
+			Compress:         cfg.Compress,
 			First:            first,
 			Conns:            n,
 			Sources:          sources[i],
@@ -567,7 +571,7 @@ const warmQuiet = 2500 * time.Millisecond
 // Counting them against each of the scenario's connections would
 // overstate what one more costs (by some 75 B each at 19,000).
 func (r *runner) warmServer(ctx context.Context) error {
-	req := newUpgradeRequest(r.target, channelName(r.prefix, 0), r.cfg.Raw)
+	req := newUpgradeRequest(r.target, channelName(r.prefix, 0), r.cfg.Raw, r.cfg.Compress)
 	key := []byte("dGhlIHNhbXBsZSBub25jZQ==")
 	var scratch [64]byte
 	dialer := net.Dialer{Timeout: 5 * time.Second}
@@ -584,7 +588,7 @@ func (r *runner) warmServer(ctx context.Context) error {
 		}
 		conns = append(conns, c)
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write(req.append(nil, key, "")); err != nil {
+		if _, err := c.Write(req.append(nil, key, "", 0)); err != nil {
 			return err
 		}
 		head, err := readResponseHead(bufio.NewReader(c))
@@ -862,6 +866,9 @@ func (r *runner) awaitDeliveries(ctx context.Context) error {
 // are back. With receivers, it first measures them in a quiet phase, and
 // then again while the storm goes on.
 func (r *runner) storm(ctx context.Context) error {
+	if r.cfg.Resume {
+		return r.resumeStorm(ctx)
+	}
 	var receivers *receiverRun
 	if r.cfg.Receivers > 0 {
 		var err error
@@ -882,16 +889,7 @@ func (r *runner) storm(ctx context.Context) error {
 		stormPublish = receivers.publishUntilCalled(ctx)
 	}
 	wg.Wait()
-	err := errors.Join(errs...)
-	if err == nil {
-		err = r.waitUntil(ctx, func(p progress) bool {
-			return p.StormArmed && p.StormUp+p.StormGaveUp >= p.StormDropped
-		})
-		if err != nil {
-			p := r.total()
-			err = fmt.Errorf("%d of %d connections back", p.StormUp, p.StormDropped)
-		}
-	}
+	err := r.awaitStorm(ctx, errs)
 	after, haveAfter := r.sample(ctx)
 	if haveBefore && haveAfter {
 		r.res.Server.CPU = cpuResult(after.CPU-before.CPU, uint64(r.total().StormUp), "reconnect")
@@ -904,10 +902,80 @@ func (r *runner) storm(ctx context.Context) error {
 	return err
 }
 
+// awaitStorm waits until every connection the storm dropped is back or
+// gave up, once every shard has dropped them (errs are the drops' errors).
+func (r *runner) awaitStorm(ctx context.Context, errs []error) error {
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	err := r.waitUntil(ctx, func(p progress) bool {
+		return p.StormArmed && p.StormUp+p.StormGaveUp >= p.StormDropped
+	})
+	if err != nil {
+		p := r.total()
+		return fmt.Errorf("%d of %d connections back", p.StormUp, p.StormDropped)
+	}
+	return nil
+}
+
+// resumeLead is how long a resuming storm publishes before the drop, so
+// that every connection has a position to resume from.
+const resumeLead = time.Second
+
+// resumeStorm publishes to every connection's channel at Rate from
+// resumeLead before the drop until the last dropped connection is back,
+// each resuming from the last sequence it had, and then counts what they
+// received.
+func (r *runner) resumeStorm(ctx context.Context) error {
+	if err := r.warmup(ctx); err != nil {
+		return err
+	}
+	prev, err := r.markShards(ctx) // warm-ups record no latency
+	if err != nil {
+		return fmt.Errorf("mark before the storm: %w", err)
+	}
+	readsBefore, _ := r.metrics.sample(ctx)
+	before, haveBefore := r.sample(ctx)
+	rx := &receiverRun{r: r, prev: prev}
+	r.phase.Store("publish")
+	stopPublishing := rx.publishUntilCalled(ctx)
+	pubErr := sleep(ctx, resumeLead)
+	r.phase.Store("storm")
+	var stormStart time.Time
+	var err2 error
+	if pubErr == nil {
+		stormStart = time.Now()
+		errs := make([]error, len(r.shards))
+		var wg sync.WaitGroup
+		for i, sh := range r.shards {
+			wg.Go(func() { errs[i] = sh.storm() })
+		}
+		wg.Wait()
+		err2 = r.awaitStorm(ctx, errs)
+	}
+	r.phase.Store("deliver")
+	f, perr := stopPublishing()
+	after, haveAfter := r.sample(ctx)
+	if haveBefore && haveAfter {
+		r.res.Server.CPU = cpuResult(after.CPU-before.CPU, uint64(r.total().StormUp), "reconnect")
+	}
+	res := &StormResume{FanoutResult: f}
+	if !stormStart.IsZero() && rx.last > stormStart.UnixNano() {
+		res.CaughtUpSeconds = time.Duration(rx.last - stormStart.UnixNano()).Seconds()
+	}
+	if readsAfter, err := r.metrics.sample(ctx); err == nil && readsAfter.HaveHistoryReads && readsBefore.HaveHistoryReads {
+		n := readsAfter.HistoryReads - readsBefore.HistoryReads
+		res.StreamReads = &n
+	}
+	r.stormResume = res
+	return errors.Join(pubErr, err2, perr)
+}
+
 // receiverRun is what a storm's receivers got, phase by phase.
 type receiverRun struct {
 	r    *runner
 	prev *snapshot // the last mark
+	last int64     // the last delivery at that mark, Unix nanoseconds
 	StormReceivers
 }
 
@@ -984,7 +1052,7 @@ func (rx *receiverRun) phase(ctx context.Context, publish func(start time.Time) 
 		return nil, errors.Join(pubErr, err, fmt.Errorf("mark: %w", merr))
 	}
 	stepTotals(f, rx.prev, cur, published, r.published, start)
-	rx.prev = cur
+	rx.prev, rx.last = cur, cur.last
 	return f, errors.Join(pubErr, err)
 }
 

@@ -26,6 +26,10 @@ type serverSample struct {
 	// Goroutines is the server's go_goroutines, from /metrics only.
 	Goroutines     int64
 	HaveGoroutines bool
+	// HistoryReads is the server's herald_history_reads_total (reads of
+	// its history streams), from /metrics only.
+	HistoryReads     int64
+	HaveHistoryReads bool
 }
 
 // serverProbe reads the server's resource use, from /proc when the bench
@@ -39,26 +43,43 @@ type serverProbe interface {
 // Linux architecture Go supports.
 const clockTicks = 100
 
-// procProbe reads /proc/PID.
-type procProbe struct{ pid int }
+// procProbe reads /proc/PID of every server process and sums them: one
+// Herald, or several sharing a port (--reuseport), counted as one server.
+type procProbe struct{ pids []int }
 
-func (p procProbe) source() string { return "/proc/" + strconv.Itoa(p.pid) }
+func (p procProbe) source() string {
+	paths := make([]string, len(p.pids))
+	for i, pid := range p.pids {
+		paths[i] = "/proc/" + strconv.Itoa(pid)
+	}
+	src := strings.Join(paths, " + ")
+	if len(p.pids) > 1 {
+		src += " (summed)"
+	}
+	return src
+}
 
 func (p procProbe) sample(context.Context) (serverSample, error) {
 	var s serverSample
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
-	if err != nil {
-		return s, fmt.Errorf("server memory: %w", err)
-	}
-	if s.RSS, err = parseVmRSS(status); err != nil {
-		return s, fmt.Errorf("server memory: /proc/%d/status: %w", p.pid, err)
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
-	if err != nil {
-		return s, fmt.Errorf("server cpu: %w", err)
-	}
-	if s.CPU, err = parseStatCPU(stat); err != nil {
-		return s, fmt.Errorf("server cpu: /proc/%d/stat: %w", p.pid, err)
+	for _, pid := range p.pids {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return s, fmt.Errorf("server memory: %w", err)
+		}
+		rss, err := parseVmRSS(status)
+		if err != nil {
+			return s, fmt.Errorf("server memory: /proc/%d/status: %w", pid, err)
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return s, fmt.Errorf("server cpu: %w", err)
+		}
+		cpu, err := parseStatCPU(stat)
+		if err != nil {
+			return s, fmt.Errorf("server cpu: /proc/%d/stat: %w", pid, err)
+		}
+		s.RSS += rss
+		s.CPU += cpu
 	}
 	meminfo, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
@@ -178,6 +199,12 @@ func parseProcessMetrics(r io.Reader) (serverSample, error) {
 				return s, fmt.Errorf("server metrics: %s: %w", name, err)
 			}
 			s.Goroutines, s.HaveGoroutines = int64(v), true
+		case "herald_history_reads_total":
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				return s, fmt.Errorf("server metrics: %s: %w", name, err)
+			}
+			s.HistoryReads, s.HaveHistoryReads = int64(v), true
 		}
 	}
 	if err := sc.Err(); err != nil {

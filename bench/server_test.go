@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +40,7 @@ func TestParseProc(t *testing.T) {
 }
 
 func TestProcProbeSelf(t *testing.T) {
-	s, err := procProbe{pid: os.Getpid()}.sample(context.Background())
+	s, err := procProbe{pids: []int{os.Getpid()}}.sample(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,5 +70,67 @@ func TestMetricsProbe(t *testing.T) {
 	}
 	if _, err := parseProcessMetrics(strings.NewReader("herald_connections 5\n")); err == nil {
 		t.Fatal("metrics without process figures accepted")
+	}
+}
+
+// Several server processes (--reuseport) count as one server: their RSS
+// and CPU time are summed.
+func TestProcProbeSumsProcesses(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("no sleep to run: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	self := procProbe{pids: []int{os.Getpid()}}
+	other := procProbe{pids: []int{cmd.Process.Pid}}
+	both := procProbe{pids: []int{os.Getpid(), cmd.Process.Pid}}
+	a, err := self.sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := other.sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := both.sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// This process's RSS may move between samples; sleep's does not.
+	if b.RSS <= 0 || s.RSS < b.RSS+a.RSS/2 || s.RSS > b.RSS+2*a.RSS || s.CPU < a.CPU {
+		t.Fatalf("summed %+v from self %+v and sleep %+v", s, a, b)
+	}
+	if src := both.source(); !strings.Contains(src, "summed") || !strings.Contains(src, strconv.Itoa(cmd.Process.Pid)) {
+		t.Fatalf("source %q", src)
+	}
+	if _, err := (procProbe{pids: []int{os.Getpid(), 1 << 30}}).sample(context.Background()); err == nil {
+		t.Fatal("a process that does not exist was summed")
+	}
+}
+
+func TestParseServerPIDs(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want []int
+		err  string
+	}{
+		{"", nil, ""},
+		{"0", nil, ""},
+		{"123", []int{123}, ""},
+		{"1, 2,3", []int{1, 2, 3}, ""},
+		{"1,x", nil, "want a process id"},
+		{"-4", nil, "want a process id"},
+		{"7,7", nil, "given twice"},
+	} {
+		got, err := ParseServerPIDs(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%q: %v %v, want error %q", tt.in, got, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("%q: %v %v, want %v", tt.in, got, err, tt.want)
+		}
 	}
 }

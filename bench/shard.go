@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/codec/deflate"
 	"github.com/herald-ws/herald/engine/gnetlog"
 )
 
@@ -35,7 +36,9 @@ type shardSpec struct {
 	StayFrom         int           `json:"stay_from,omitempty"`     // run-wide index of the first receiver, 0 for none
 	Tokens           []string      `json:"tokens,omitempty"`        // each connection's bearer token, when they have their own
 	TokensFollow     bool          `json:"tokens_follow,omitempty"` // a child reads Tokens from its standard input first
+	Resume           bool          `json:"resume,omitempty"`        // reconnect with since= the last stream sequence received
 	Raw              bool          `json:"raw"`
+	Compress         bool          `json:"compress,omitempty"`
 	First            int           `json:"first"` // run-wide index of the shard's first connection
 	Conns            int           `json:"conns"`
 	Sources          []string      `json:"sources,omitempty"` // local addresses to dial from, in turn
@@ -95,6 +98,11 @@ type shardResult struct {
 	StormUp       int64   `json:"storm_up,omitempty"`
 	StormGaveUp   int64   `json:"storm_gave_up,omitempty"`
 	CPUSeconds    float64 `json:"cpu_seconds,omitempty"` // a child process's own CPU time
+	// WireBytes are the data frames' bytes as they arrived (header
+	// included), and PlainBytes what they would have been uncompressed.
+	WireBytes  uint64 `json:"wire_bytes,omitempty"`
+	PlainBytes uint64 `json:"plain_bytes,omitempty"`
+	Compressed uint64 `json:"compressed,omitempty"` // frames that arrived compressed
 }
 
 // Connection states, in order.
@@ -140,6 +148,7 @@ type conn struct {
 	retryAfter time.Duration // the server's Retry-After
 	reason     string        // why the connection is failing or closing
 	seq        seqWindow
+	streamSeq  uint64 // the last history sequence received ("seq" in the envelope), for since=
 }
 
 // loopState is what a shard keeps per event loop. Only the loop touches
@@ -152,8 +161,14 @@ type loopState struct {
 	hist     *hdrhistogram.Histogram // since the start, or the last mark
 	other    uint64
 	reads    uint64 // reads that brought a first delivery
-	rng      *rand.Rand
-	buf      []byte // scratch: upgrade requests, pongs, accept keys
+	// permessage-deflate: the loop's inflater and its output, and the
+	// bytes of data frames on the wire and uncompressed.
+	inflater         *deflate.Inflater
+	inflated         []byte
+	wire, plain, zip uint64
+	rng              *rand.Rand
+	buf              []byte // scratch: upgrade requests, pongs, accept keys
+	hdr              [codec.MaxHeaderSize]byte
 
 	delivered atomic.Uint64
 	warm      atomic.Int64
@@ -241,7 +256,7 @@ func startShard(spec shardSpec, log *slog.Logger) (*shard, error) {
 		c.channel = int32(placeConn(spec.First+i, spec.Channels, spec.Hot, spec.StayFrom))
 		c.stays = spec.StayFrom > 0 && spec.First+i >= spec.StayFrom
 		if s.requests[c.channel].head == nil {
-			s.requests[c.channel] = newUpgradeRequest(target, channelName(spec.Prefix, int(c.channel)), spec.Raw)
+			s.requests[c.channel] = newUpgradeRequest(target, channelName(spec.Prefix, int(c.channel)), spec.Raw, spec.Compress)
 		}
 	}
 	if s.dialers, err = newDialers(spec.Sources, spec.HandshakeTimeout); err != nil {
@@ -623,6 +638,9 @@ func (r *shardResult) add(l *loopState, hist *hdrhistogram.Histogram) {
 	}
 	r.Other += l.other
 	r.Reads += l.reads
+	r.WireBytes += l.wire
+	r.PlainBytes += l.plain
+	r.Compressed += l.zip
 	r.LastDelivery = max(r.LastDelivery, l.last.Load())
 	hist.Merge(l.hist)
 }
@@ -688,7 +706,11 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	if h.s.spec.Tokens != nil {
 		token = h.s.spec.Tokens[c.index]
 	}
-	l.buf = h.s.requests[c.channel].append(l.buf[:0], c.key[:], token)
+	var since uint64
+	if h.s.spec.Resume {
+		since = c.streamSeq
+	}
+	l.buf = h.s.requests[c.channel].append(l.buf[:0], c.key[:], token, since)
 	return l.buf, gnet.None // written before OnOpen's caller returns
 }
 
@@ -808,14 +830,16 @@ func (c *conn) upgraded(now int64) {
 }
 
 // parseServerHeader decodes a frame header from the server, which must
-// not be masked or use reserved bits (RFC 6455 section 5.1).
-func parseServerHeader(b []byte) (ws.Header, int, error) {
+// not be masked or use reserved bits (RFC 6455 section 5.1), but RSV1 on a
+// data frame when permessage-deflate was offered (deflate).
+func parseServerHeader(b []byte, deflate bool) (ws.Header, int, error) {
 	h, n, err := codec.ParseHeader(b)
 	switch {
 	case err != nil || n == 0:
 		return h, n, err
 	case h.Masked:
 		return h, 0, errors.New("masked server frame")
+	case h.Rsv == codec.RSV1 && deflate && (h.OpCode == ws.OpText || h.OpCode == ws.OpBinary):
 	case h.Rsv != 0:
 		return h, 0, errors.New("reserved bits set")
 	}
@@ -841,7 +865,7 @@ func (c *conn) readFrames(now time.Time) gnet.Action {
 			return gnet.None
 		}
 		head, _ := c.gc.Peek(min(buffered, maxServerHeader))
-		h, hn, err := parseServerHeader(head)
+		h, hn, err := parseServerHeader(head, l.s.spec.Compress)
 		if err != nil {
 			c.reason = "protocol error: " + err.Error()
 			return gnet.Close
@@ -865,6 +889,19 @@ func (c *conn) readFrames(now time.Time) gnet.Action {
 				c.reason = "protocol error: fragmented message"
 				return gnet.Close
 			}
+			l.wire += uint64(total)
+			if h.Rsv == codec.RSV1 {
+				if l.inflater == nil {
+					l.inflater = deflate.NewInflater()
+				}
+				if l.inflated, err = l.inflater.Inflate(l.inflated[:0], payload, maxFrame); err != nil {
+					c.reason = "protocol error: " + err.Error()
+					return gnet.Close
+				}
+				payload = l.inflated
+				l.zip++
+			}
+			l.plain += uint64(len(codec.AppendHeader(l.hdr[:0], h.OpCode, true, len(payload))) + len(payload))
 			fresh += l.message(c, payload, nowMicros)
 		case ws.OpPing:
 			// The server pings silent connections and closes those that
@@ -900,6 +937,11 @@ var greeting = []byte(`{"op":"connected"`)
 // message accounts one data message and returns 1 if it was a first
 // delivery of a measured message.
 func (l *loopState) message(c *conn, payload []byte, nowMicros int64) uint64 {
+	if l.s.spec.Resume {
+		if n, ok := envelopeSeq(payload); ok && n > c.streamSeq {
+			c.streamSeq = n
+		}
+	}
 	seq, ts, ok := ParsePayload(payload)
 	if !ok {
 		if !bytes.HasPrefix(payload, greeting) {

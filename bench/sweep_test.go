@@ -36,7 +36,7 @@ func TestSweep(t *testing.T) {
 		Procs:        2,
 		Loops:        1,
 		Dialers:      8,
-		ServerPID:    os.Getpid(),
+		ServerPIDs:   []int{os.Getpid()},
 		Publish:      r.publish,
 		ShardCommand: testShardCommand,
 	})

@@ -59,7 +59,8 @@ func TestNegotiateDeflate(t *testing.T) {
 			if err := ParseRequest(req, &r); err != nil {
 				t.Fatalf("ParseRequest: %v", err)
 			}
-			out, d, err := u.Answer(nil, &r)
+			out, agreed, err := u.Answer(nil, &r)
+			d := agreed.Deflate
 			if err != nil {
 				t.Fatalf("Answer: %v", err)
 			}

@@ -123,13 +123,17 @@ func CheckClientHeader(h ws.Header, allowedRsv byte) error {
 // fragments of a message without disturbing it, and are always short enough
 // to be handled whole.
 type Decoder struct {
-	remaining int64     // payload bytes of the current frame not yet seen
-	size      int64     // length of the current message, counting whole frames
-	mask      [4]byte   // the current frame's masking key
-	offset    uint8     // position in the mask of the next payload byte
-	fin       bool      // the current frame is the last of its message
-	op        ws.OpCode // opcode of the message in progress; 0 between messages
-	text      UTF8      // validator of the message in progress when it is text
+	remaining int64   // payload bytes of the current frame not yet seen
+	size      int64   // length of the current message, counting whole frames
+	mask      [4]byte // the current frame's masking key
+	offset    uint8   // position in the mask of the next payload byte
+	fin       bool    // the current frame is the last of its message
+	// compressed: the message's first frame had RSV1 set under
+	// permessage-deflate, so its payload is deflate data, checked for
+	// UTF-8 only once inflated.
+	compressed bool
+	op         ws.OpCode // opcode of the message in progress; 0 between messages
+	text       UTF8      // validator of the message in progress when it is text
 }
 
 // Begin checks h, the header of the next data frame, against the message in
@@ -147,6 +151,7 @@ func (d *Decoder) Begin(h ws.Header, maxMessageSize int64) error {
 	if d.op == 0 {
 		d.op = h.OpCode
 		d.text.Reset()
+		d.compressed = h.Rsv&RSV1 != 0
 	}
 	d.size += h.Length
 	d.remaining = h.Length
@@ -163,11 +168,20 @@ func (d *Decoder) Payload(p []byte) error {
 	ws.Cipher(p, d.mask, int(d.offset))
 	d.offset = uint8((int(d.offset) + len(p)) & 3)
 	d.remaining -= int64(len(p))
-	if d.op == ws.OpText && !d.text.Write(p) {
+	if d.op == ws.OpText && !d.compressed && !d.text.Write(p) {
 		return ErrInvalidUTF8
 	}
 	return nil
 }
+
+// RSV1 is the header's Rsv bit that permessage-deflate uses to mark a
+// compressed message (RFC 7692 section 6), as ws.Header.Rsv holds it.
+const RSV1 = 0x4
+
+// Compressed reports whether the message in progress is compressed (its
+// first frame had RSV1 set). Its payload is then deflate data: End does
+// not check it for UTF-8, the inflated text must be.
+func (d *Decoder) Compressed() bool { return d.compressed }
 
 // Remaining reports how many payload bytes of the current frame are still to
 // come.
@@ -186,7 +200,7 @@ func (d *Decoder) End() (ws.OpCode, error) {
 		return 0, nil
 	}
 	op := d.op
-	if op == ws.OpText && !d.text.Complete() {
+	if op == ws.OpText && !d.compressed && !d.text.Complete() {
 		return 0, ErrInvalidUTF8
 	}
 	*d = Decoder{}

@@ -615,62 +615,70 @@ const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 // which RFC 6455 reads as "none"; Answer is Upgrade with permessage-deflate.
 // Upgrade allocates nothing beyond dst's growth.
 func (u *Upgrader) Upgrade(dst []byte, r *Request) ([]byte, error) {
-	dst, _, err := u.answer(dst, r, false)
+	dst, _, _, err := u.answer(dst, r, false)
 	return dst, err
+}
+
+// Agreed is what an opening handshake settled beyond the upgrade itself.
+type Agreed struct {
+	// Protocol is the subprotocol selected, a view of the request's bytes;
+	// nil for none.
+	Protocol []byte
+	// Deflate is the permessage-deflate agreement, zero for none.
+	Deflate Deflate
 }
 
 // Answer is Upgrade that also negotiates permessage-deflate when u.Deflate
 // is set: the 101 then carries the Sec-WebSocket-Extensions answer of the
-// first acceptable offer, and the result says what the connection agreed
-// to. It allocates nothing beyond dst's growth.
-func (u *Upgrader) Answer(dst []byte, r *Request) ([]byte, Deflate, error) {
-	return u.answer(dst, r, u != nil && u.Deflate)
+// first acceptable offer. It returns what the connection agreed to, and
+// allocates nothing beyond dst's growth.
+func (u *Upgrader) Answer(dst []byte, r *Request) ([]byte, Agreed, error) {
+	dst, deflate, protocol, err := u.answer(dst, r, u != nil && u.Deflate)
+	return dst, Agreed{Protocol: protocol, Deflate: deflate}, err
 }
 
-func (u *Upgrader) answer(dst []byte, r *Request, negotiate bool) ([]byte, Deflate, error) {
-	var deflate Deflate
+func (u *Upgrader) answer(dst []byte, r *Request, negotiate bool) (_ []byte, deflate Deflate, protocol []byte, _ error) {
 	if string(r.Method) != "GET" {
-		return dst, deflate, errMethodNotGET
+		return dst, deflate, nil, errMethodNotGET
 	}
 	if r.ProtoMajor < 1 || r.ProtoMajor == 1 && r.ProtoMinor < 1 {
-		return dst, deflate, errVersionTooOld
+		return dst, deflate, nil, errVersionTooOld
 	}
 	if len(r.Host) == 0 {
-		return dst, deflate, errMissingHost
+		return dst, deflate, nil, errMissingHost
 	}
 	if r.seen&hUpgrade == 0 && len(r.Upgrade) == 0 {
-		return dst, deflate, errMissingUpgrade
+		return dst, deflate, nil, errMissingUpgrade
 	}
 	if !r.upgradeWebSocket && !hasToken(r.Upgrade, "websocket") {
-		return dst, deflate, errUpgradeNotWebSocket
+		return dst, deflate, nil, errUpgradeNotWebSocket
 	}
 	if r.seen&hConnection == 0 && len(r.Connection) == 0 {
-		return dst, deflate, errMissingConnection
+		return dst, deflate, nil, errMissingConnection
 	}
 	if !r.connectionUpgrade && !hasToken(r.Connection, "upgrade") {
-		return dst, deflate, errConnectionNotUpgrade
+		return dst, deflate, nil, errConnectionNotUpgrade
 	}
 	if len(r.Key) == 0 {
-		return dst, deflate, errMissingKey
+		return dst, deflate, nil, errMissingKey
 	}
 	if !validKey(r.Key) {
-		return dst, deflate, errInvalidKey
+		return dst, deflate, nil, errInvalidKey
 	}
 	if len(r.Version) == 0 {
-		return dst, deflate, errMissingWSVersion
+		return dst, deflate, nil, errMissingWSVersion
 	}
 	if string(r.Version) != "13" {
-		return dst, deflate, errUnsupportedWSVersion
+		return dst, deflate, nil, errUnsupportedWSVersion
 	}
-	var protocol []byte
 	if u != nil {
 		if u.CheckOrigin != nil && (len(r.Origin) > 0 || r.seen&hOrigin != 0) && !u.CheckOrigin(r.Origin) {
-			return dst, deflate, errOriginNotAllowed
+			return dst, deflate, nil, errOriginNotAllowed
 		}
 		if u.SelectProtocol != nil && (len(r.Protocol) > 0 || r.seen&hProtocol != 0) {
 			var err error
 			if protocol, err = u.selectProtocol(r); err != nil {
-				return dst, deflate, err
+				return dst, deflate, nil, err
 			}
 		}
 	}
@@ -693,7 +701,7 @@ func (u *Upgrader) answer(dst []byte, r *Request, negotiate bool) ([]byte, Defla
 		dst = append(dst, "\r\nSec-WebSocket-Extensions: "...)
 		dst = append(dst, deflate.answer(windowAsked)...)
 	}
-	return append(dst, "\r\n\r\n"...), deflate, nil
+	return append(dst, "\r\n\r\n"...), deflate, protocol, nil
 }
 
 // selectProtocol runs u.SelectProtocol over each offered list and returns

@@ -1,6 +1,7 @@
 package engine_test
 
-// The Autobahn|Testsuite cases 1 to 7, 9 and 10, ported from
+// The Autobahn|Testsuite cases 1 to 7, 9 and 10 (12 and 13 are in
+// autobahn_compression_cases_test.go), ported from
 // crossbario/autobahn-testsuite autobahntestsuite/autobahntestsuite/case/.
 // Each entry sends what the Python case's onOpen sends (payloads, sizes,
 // fragmentation, chop sizes, sync writes, delays) and expects what it
@@ -27,6 +28,7 @@ func abCases() []abCase {
 	cs = append(cs, abCloseCases()...)
 	cs = append(cs, abLimitsCases()...)
 	cs = append(cs, abAutoFragmentationCases()...)
+	cs = append(cs, abCompressionCases()...)
 	return cs
 }
 

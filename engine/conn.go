@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/codec/deflate"
 )
 
 // A connection moves through these states in order; stateAccepting is
@@ -51,11 +53,24 @@ type Conn struct {
 	// awaitClose: Herald sent a close frame and waits for the peer's, at
 	// which the handshake is over and the socket is closed at once.
 	awaitClose bool
+	// ext holds what the handshake agreed, in one byte so that the struct
+	// keeps its 64: the low nibble is the permessage-deflate window (8 to
+	// 15 bits) Herald may compress with for this socket, 0 when not
+	// negotiated; the high one is 1 + the index in Config.Subprotocols of
+	// the subprotocol selected, 0 for none. Nothing else of the extension
+	// is kept per connection: without context takeover, compressors and
+	// inflaters are the loop's.
+	ext uint8
 	// opened is when the WebSocket opened, in tenths of a second since the
-	// server was made (see Age): 32 bits last 13 years, and the struct
-	// keeps its 64 bytes.
+	// server was made (see Age): 32 bits last 13 years.
 	opened uint32
 }
+
+// deflate is the agreed permessage-deflate window, 0 for none.
+func (c *Conn) deflate() uint8 { return c.ext & 0x0f }
+
+// proto is 1 + the index of the selected subprotocol, 0 for none.
+func (c *Conn) proto() uint8 { return c.ext >> 4 }
 
 // reader holds a message whose frames or payload arrive over several
 // callbacks: the decoder's state and the bytes received so far.
@@ -189,7 +204,8 @@ func (c *Conn) readRequest() {
 	}
 	out := bytebufferpool.Get()
 	var err error
-	if out.B, err = s.upgrader.Upgrade(out.B, req); err == nil && s.cfg.CheckUpgrade != nil {
+	var agreed codec.Agreed
+	if out.B, agreed, err = s.upgrader.Answer(out.B, req); err == nil && s.cfg.CheckUpgrade != nil {
 		err = s.cfg.CheckUpgrade(req)
 	}
 	if err != nil {
@@ -203,6 +219,7 @@ func (c *Conn) readRequest() {
 		return
 	}
 	c.scanned = 0
+	c.ext = agreed.Deflate.WindowBits&0x0f | s.protocolIndex(agreed.Protocol)<<4
 	c.setState(stateAccepting)
 	c.deadline = s.clock() + millis(s.cfg.HandshakeTimeout)
 	c.route = route
@@ -315,7 +332,15 @@ func (c *Conn) readFrames() {
 		if hn == 0 {
 			return
 		}
-		if err := codec.CheckClientHeader(h, 0); err != nil {
+		// RSV1 marks a compressed message: allowed on the first frame of a
+		// data message once permessage-deflate is agreed, and nowhere else
+		// (RFC 7692 section 6.1): not on control frames, not on
+		// continuations.
+		var allowedRsv byte
+		if c.deflate() != 0 && (h.OpCode == ws.OpText || h.OpCode == ws.OpBinary) {
+			allowedRsv = codec.RSV1
+		}
+		if err := codec.CheckClientHeader(h, allowedRsv); err != nil {
 			c.fail(err)
 			return
 		}
@@ -353,12 +378,17 @@ func (c *Conn) readFrames() {
 				c.fail(err)
 				return
 			}
+			compressed := dec.Compressed()
 			op, err := dec.End()
 			if err != nil {
 				c.fail(err)
 				return
 			}
-			c.message(op, payload)
+			if compressed {
+				c.inflate(op, payload)
+			} else {
+				c.message(op, payload)
+			}
 			if c.state != stateClosed {
 				_, _ = c.gc.Discard(int(total))
 			}
@@ -443,6 +473,7 @@ func (c *Conn) readPayload(rd *reader) bool {
 // frame ends its message, the message is delivered and the reader released.
 // It reports whether the connection is still open.
 func (c *Conn) endFrame(rd *reader) bool {
+	compressed := rd.dec.Compressed()
 	op, err := rd.dec.End()
 	if err != nil {
 		c.fail(err)
@@ -453,7 +484,11 @@ func (c *Conn) endFrame(rd *reader) bool {
 		if rd.buf != nil {
 			payload = rd.buf.B
 		}
-		c.message(op, payload)
+		if compressed {
+			c.inflate(op, payload)
+		} else {
+			c.message(op, payload)
+		}
 		c.releaseReader()
 		c.checkOutbound()
 	}
@@ -537,6 +572,32 @@ func (c *Conn) control(op ws.OpCode, payload []byte) {
 	}
 }
 
+// inflate hands a compressed message to the endpoint once inflated with
+// the loop's inflater, into a pooled buffer given back at once: nothing of
+// it stays with the connection. MaxMessageSize bounds the inflated size,
+// and inflating stops one byte past it (1009); data that does not inflate
+// is 1007, and so is inflated text that is not UTF-8.
+func (c *Conn) inflate(op ws.OpCode, z []byte) {
+	l := c.loop
+	if l.inflater == nil {
+		l.inflater = deflate.NewInflater()
+	}
+	buf := bytebufferpool.Get()
+	out, err := l.inflater.Inflate(buf.B[:0], z, l.s.cfg.MaxMessageSize)
+	if err == nil && op == ws.OpText && !utf8.Valid(out) {
+		err = codec.ErrInvalidUTF8
+	}
+	if err == nil {
+		l.stats.inflated.Add(1)
+		c.message(op, out)
+	}
+	buf.B = out[:0]
+	bytebufferpool.Put(buf)
+	if err != nil {
+		c.fail(err)
+	}
+}
+
 // message hands one complete message from the client to its endpoint.
 func (c *Conn) message(op ws.OpCode, payload []byte) {
 	c.loop.s.endpoints[c.route-1].Message(c, op, payload)
@@ -567,6 +628,44 @@ func (c *Conn) SendFrame(op ws.OpCode, payload []byte) bool {
 		return c.state == stateOpen
 	}
 	return c.writeFrame(op, payload)
+}
+
+// SendMessage writes payload as one message, compressed with the loop's
+// compressor when the connection negotiated permessage-deflate, plain
+// otherwise, and reports whether the connection is still open. It
+// compresses for this socket alone: a message that goes to many sockets is
+// better compressed once (a deflate.Compressor) and sent with Send to every
+// socket whose Deflate is true.
+func (c *Conn) SendMessage(op ws.OpCode, payload []byte) bool {
+	if c.state != stateOpen {
+		return false
+	}
+	if c.deflate() == 0 {
+		return c.writeFrame(op, payload)
+	}
+	l := c.loop
+	l.frame = l.compressor(c.deflate()).AppendFrame(l.frame[:0], op, payload)
+	ok := c.write(l.frame)
+	if cap(l.frame) > 64<<10 {
+		l.frame = make([]byte, 0, 256) // a large echo need not stay with the loop
+	}
+	return ok
+}
+
+// Deflate reports whether the connection negotiated permessage-deflate
+// with the full 32 KiB window, so that a frame compressed once with a
+// deflate.Compressor of 15 window bits may be sent to it as it is. A client
+// that asked for a smaller window gets plain frames from such senders,
+// which RFC 7692 allows (compression is per message).
+func (c *Conn) Deflate() bool { return c.deflate() == 15 }
+
+// Subprotocol is the subprotocol the upgrade selected, from
+// Config.Subprotocols, or "" for none.
+func (c *Conn) Subprotocol() string {
+	if c.proto() == 0 {
+		return ""
+	}
+	return c.loop.s.cfg.Subprotocols[c.proto()-1]
 }
 
 // Close sends a close frame with code and reason and starts the closing

@@ -61,11 +61,12 @@ type Ticker interface {
 var ErrAcceptLater = errors.New("engine: upgrade accepted later")
 
 // echo is the endpoint at EchoPath: it sends every message back as it
-// came, for conformance suites.
+// came, for conformance suites, compressed when the socket negotiated
+// permessage-deflate (Autobahn's 12.x and 13.x cases).
 type echo struct{}
 
 func (echo) Upgrade(*Conn, *codec.Request) error { return nil }
 
-func (echo) Message(c *Conn, op ws.OpCode, payload []byte) { c.SendFrame(op, payload) }
+func (echo) Message(c *Conn, op ws.OpCode, payload []byte) { c.SendMessage(op, payload) }
 
 func (echo) Closed(*Conn) {}

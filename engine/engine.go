@@ -22,6 +22,7 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/codec/deflate"
 	"github.com/herald-ws/herald/engine/gnetlog"
 )
 
@@ -114,6 +116,22 @@ type Config struct {
 	// HTTP answers plain HTTP GET requests on the same port, by exact path:
 	// the demo page, /metrics, /readyz. /healthz is built in.
 	HTTP map[string]HTTPHandler
+	// Compression accepts permessage-deflate (RFC 7692) when a client
+	// offers it, answering server_no_context_takeover and
+	// client_no_context_takeover: messages are compressed and inflated each
+	// on its own, so one compressed frame can serve every socket and no
+	// socket keeps a compression window while idle. Compressed client
+	// messages are inflated on the loop with a per-loop inflater, and
+	// MaxMessageSize applies to their inflated size.
+	Compression bool
+	// CompressionLevel is the deflate level of what the engine compresses
+	// itself (the echo endpoint's replies): 1 (fastest) to 9, or -2 for
+	// Huffman only. 0 means deflate.DefaultLevel, the fastest.
+	CompressionLevel int
+	// Subprotocols are the names the upgrade may select from a client's
+	// Sec-WebSocket-Protocol offer: the first name the client offers that
+	// is on this list. Conn.Subprotocol says which was selected.
+	Subprotocols []string
 	// Logger receives the engine's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -265,6 +283,23 @@ func New(cfg Config) (*Server, error) {
 	s.sweepPeriod = min(cfg.PingInterval, cfg.PongTimeout) / 4
 	s.sweepEvery = min(maxSweepInterval, cfg.HandshakeTimeout/4, cfg.CloseTimeout/4, s.sweepPeriod)
 	s.upgrader.CheckOrigin = cfg.CheckOrigin
+	s.upgrader.Deflate = cfg.Compression
+	if cfg.Compression {
+		if _, err := deflate.NewCompressor(cfg.CompressionLevel, 15); err != nil {
+			return nil, fmt.Errorf("engine: compression level %d: %w", cfg.CompressionLevel, err)
+		}
+	}
+	if len(cfg.Subprotocols) > MaxSubprotocols {
+		return nil, fmt.Errorf("engine: %d subprotocols, more than %d", len(cfg.Subprotocols), MaxSubprotocols)
+	}
+	for _, p := range cfg.Subprotocols {
+		if !validToken(p) {
+			return nil, fmt.Errorf("engine: subprotocol %q is not an HTTP token", p)
+		}
+	}
+	if len(cfg.Subprotocols) > 0 {
+		s.upgrader.SelectProtocol = s.selectProtocol
+	}
 	s.readers.New = func() any { return new(reader) }
 	s.paths = make(map[string]uint8)
 	endpoints := cfg.Endpoints
@@ -315,6 +350,48 @@ func New(cfg Config) (*Server, error) {
 func sameTicker(a, b Ticker) bool {
 	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
 	return ta == tb && ta.Comparable() && a == b
+}
+
+// selectProtocol picks the first offered token that is one of
+// Config.Subprotocols.
+func (s *Server) selectProtocol(offered []byte) []byte {
+	for len(offered) > 0 {
+		var tok []byte
+		tok, offered = codec.NextToken(offered)
+		if s.protocolIndex(tok) > 0 {
+			return tok
+		}
+	}
+	return nil
+}
+
+// MaxSubprotocols is how many names Config.Subprotocols may hold: a
+// connection keeps which one it selected in four bits.
+const MaxSubprotocols = 15
+
+// protocolIndex is 1 + the index of name in Config.Subprotocols, or 0.
+func (s *Server) protocolIndex(name []byte) uint8 {
+	for i, p := range s.cfg.Subprotocols {
+		if string(name) == p {
+			return uint8(i + 1)
+		}
+	}
+	return 0
+}
+
+// validToken reports whether p is an RFC 9110 token, which a subprotocol
+// name must be (RFC 6455 section 4.1).
+func validToken(p string) bool {
+	if p == "" {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Start binds the listener and starts the event loops. It returns once the
@@ -405,6 +482,7 @@ type Stats struct {
 	Pings             uint64 // pings sent to silent connections
 	Reaped            uint64 // connections closed for not answering a ping
 	HandshakeTimeouts uint64 // connections closed before completing a request
+	Inflated          uint64 // compressed client messages inflated (permessage-deflate)
 	// Refused counts refused upgrades by reason, named by RefusalReasons.
 	Refused [numRefusals]uint64
 }
@@ -421,6 +499,7 @@ func (s *Server) Stats() Stats {
 		st.Pings += l.stats.pings.Load()
 		st.Reaped += l.stats.reaped.Load()
 		st.HandshakeTimeouts += l.stats.handshakeTimeouts.Load()
+		st.Inflated += l.stats.inflated.Load()
 		for i := range st.Refused {
 			st.Refused[i] += l.stats.refused[i].Load()
 		}

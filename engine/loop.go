@@ -8,6 +8,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/codec/deflate"
 )
 
 // Loop is the state Herald keeps for one gnet event loop. Only that loop's
@@ -56,7 +57,24 @@ type Loop struct {
 	decoder codec.Decoder
 	request codec.Request
 
+	// permessage-deflate state, made on first use: compressors by window
+	// bits (index bits-8) and one inflater, shared by the loop's sockets
+	// because no message's state outlives its callback.
+	compressors [8]*deflate.Compressor
+	inflater    *deflate.Inflater
+
 	sweepTask gnet.Runnable
+}
+
+// compressor returns the loop's compressor for a window of bits.
+func (l *Loop) compressor(bits uint8) *deflate.Compressor {
+	z := l.compressors[bits-8]
+	if z == nil {
+		// The level was checked by New; a window below 15 has one level.
+		z, _ = deflate.NewCompressor(l.s.cfg.CompressionLevel, bits)
+		l.compressors[bits-8] = z
+	}
+	return z
 }
 
 func newLoop(s *Server, el gnet.EventLoop, index int) *Loop {
@@ -100,5 +118,6 @@ type loopStats struct {
 	handshakeTimeouts atomic.Uint64
 	streams           atomic.Int64 // event streams admitted and not closed
 	streamsAccepted   atomic.Uint64
+	inflated          atomic.Uint64
 	refused           [numRefusals]atomic.Uint64
 }

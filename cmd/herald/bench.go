@@ -66,6 +66,13 @@ Scenarios:
            the drop until every dropped connection is back, and reports for
            each phase their delivered %, missing, duplicated and p50/p99
            latency: what a storm costs the clients that are not part of it.
+           --resume puts the connections on history channels (serve with
+           --history 'bench.>'): the bench publishes to them at --rate from a
+           second before the drop until every one is back, each reconnects
+           with since= the last sequence it received, and the bench reports
+           missing and duplicated messages per channel (0 when nothing was
+           lost), the time from the drop until the last arrived, and the
+           server's stream reads (herald_history_reads_total).
   floor    the loopback write floor, without a server: the bench listens
            on --floor-listen itself, its connections (in a child process,
            from the same source addresses as the other scenarios) connect
@@ -107,6 +114,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	token := fs.String("token", "", "JWT every connection presents as ?token= (mint one with herald token; it must permit the bench's channels, e.g. --subscribe 'bench.>')")
 	tokenKey := fs.String("token-key", "", "give every connection a token of its own (sub bench-N, subscribe PREFIX.>, valid an hour), signed with the RSA or EC private key in this PEM `FILE` and sent as Authorization: Bearer, as clients with their own tokens do; for a server started with --auth-public-key and the public half")
 	raw := fs.Bool("raw", false, "subscribe with format=raw (bare payloads) instead of the default JSON envelope")
+	fs.BoolVar(&cfg.Compress, "compress", false, "offer permessage-deflate in every upgrade, as browsers do, and inflate what comes compressed;\nfanout reports the bytes on the wire next to the uncompressed bytes (use --size 1024 or more: the server sends small messages plain)")
 	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench", "first part of every channel name; a random run id follows it")
 	fs.IntVar(&cfg.Messages, "messages", 200, "fanout, floor: messages to publish, round robin over the channels; 0 with --rate publishes until --duration")
 	fs.IntVar(&cfg.Rounds, "rounds", 0, "fanout, floor: publish this many messages on every channel, round robin (instead of --messages)")
@@ -115,9 +123,10 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Writers, "floor-writers", 1, "floor: threads writing at once, each to its share of the sockets (match the server's --loops to compare like with like)")
 	size := sizeFlag(fs, "size", 64, "fanout: payload size in bytes, e.g. 64, 1KiB")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout, floor: messages per second over all channels; 0 publishes as fast as possible; storm: to the receivers (0 means 100)")
+	fs.BoolVar(&cfg.Resume, "resume", false, "storm: the connections resume on history channels (serve with --history 'PREFIX.>' and a --history-size that holds the storm's messages): published to at --rate (0 means 100) from a second before the drop until all are back, each reconnects with since= its last sequence; reports missing and duplicated (both must be 0), when all had caught up, and the server's stream reads")
 	fs.IntVar(&cfg.Receivers, "receivers", 0, "storm: `N` more connections, on a channel of their own, that stay up through the storm and are published to at --rate, before it and during it")
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout, storm with --receivers: `URL` of the NATS server Herald listens to")
-	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's process `id`, for its memory and CPU time from /proc; 0 tries its /metrics")
+	serverPIDs := fs.String("server-pid", "", "the server's process `id`, for its memory and CPU time from /proc; several, comma-separated, for processes sharing a port (--reuseport), summed; none tries its /metrics")
 	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the server's Prometheus metrics `URL` (default http://HOST/metrics of --url), used without --server-pid")
 	fs.IntVar(&cfg.Procs, "procs", 0, "processes to hold the connections; 0 means ceil(conns/19000)")
 	sources := fs.String("source-ips", "", "local `addresses` to dial from, dealt to the processes in turn: a list (127.0.0.2,127.0.0.3) or a count n (127.0.0.2 onwards); default: the kernel's choice when the connections fit one address's ephemeral ports, else 127.0.0.2 onwards, enough per process that none uses more than 2/5 of the port range")
@@ -182,6 +191,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if cfg.SourceIPs, err = bench.ParseSourceIPs(*sources); err != nil {
 		return err
 	}
+	if cfg.ServerPIDs, err = bench.ParseServerPIDs(*serverPIDs); err != nil {
+		return err
+	}
 	log, err := newLogger(stderr, *logLevel, "text")
 	if err != nil {
 		return err
@@ -192,7 +204,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.ShardCommand = selfCommand
 
-	if scenario == bench.Fanout || cfg.Receivers > 0 {
+	if scenario == bench.Fanout || cfg.Receivers > 0 || cfg.Resume {
 		nc, err := nats.Connect(*natsURL, nats.Name("herald-bench"))
 		if err != nil {
 			return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)

@@ -20,6 +20,7 @@ import (
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push/auth"
+	"github.com/herald-ws/herald/pubsub/history"
 )
 
 // A sharded run re-executes its own binary, which in tests is the test
@@ -36,14 +37,14 @@ func init() {
 func benchConfig(t *testing.T, h *herald, scenario bench.Scenario, conns int) bench.Config {
 	t.Helper()
 	return bench.Config{
-		Scenario:  scenario,
-		URL:       "ws://" + h.srv.Addr() + "/ws",
-		Conns:     conns,
-		ServerPID: os.Getpid(),
-		Duration:  500 * time.Millisecond,
-		Timeout:   30 * time.Second,
-		Loops:     2,
-		Dialers:   16,
+		Scenario:   scenario,
+		URL:        "ws://" + h.srv.Addr() + "/ws",
+		Conns:      conns,
+		ServerPIDs: []int{os.Getpid()},
+		Duration:   500 * time.Millisecond,
+		Timeout:    30 * time.Second,
+		Loops:      2,
+		Dialers:    16,
 	}
 }
 
@@ -220,6 +221,35 @@ func TestBenchStormReceivers(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "receivers in storm") {
 		t.Errorf("no storm receivers row:\n%s", stdout.String())
+	}
+}
+
+// A resuming storm on a history channel: every connection reconnects with
+// since= its last sequence and has every message exactly once.
+func TestBenchStormResume(t *testing.T) {
+	hh := startHistoryHerald(t, "127.0.0.1:0", "127.0.0.1:-1", t.TempDir(), history.Config{Subjects: []string{"bench.>"}, Size: 10000})
+	h := hh.herald
+	cfg := benchConfig(t, h, bench.Storm, 300)
+	cfg.Resume = true
+	cfg.Rate = 200
+	cfg.Duration = 20 * time.Second // the most publishing may take
+	cfg.Publish = hh.nc.Publish
+	cfg.Flush = hh.nc.Flush
+	cfg.MetricsURL = "http://" + h.srv.Addr() + "/metrics"
+	res := runBenchT(t, cfg)
+	s := res.Storm
+	if s == nil || !s.Complete || s.Dropped != 300 || s.Resume == nil || s.Resume.FanoutResult == nil {
+		t.Fatalf("storm: %+v", s)
+	}
+	f := s.Resume.FanoutResult
+	if f.Published < 200 || f.Expected != uint64(f.Published)*300 || f.Delivered != f.Expected || f.Missing+f.Duplicated+f.OutOfOrder != 0 {
+		t.Fatalf("resumed: %+v", f)
+	}
+	if s.Resume.CaughtUpSeconds <= 0 {
+		t.Errorf("caught up after %v s", s.Resume.CaughtUpSeconds)
+	}
+	if res.OtherMessages < 300 {
+		t.Errorf("%d other messages: every resume is acked", res.OtherMessages)
 	}
 }
 
@@ -418,5 +448,45 @@ func TestBenchSweepCommand(t *testing.T) {
 	}
 	if !strings.Contains(table, "sweep:") {
 		t.Error("no sweep table")
+	}
+}
+
+// TestBenchFanoutCompress: with --compress the bench offers
+// permessage-deflate, inflates the server's compressed frames to check
+// every sequence number, and reports the bytes on the wire next to the
+// uncompressed bytes; 64-byte messages, under the threshold, come plain.
+func TestBenchFanoutCompress(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{Engine: engine.Config{Compression: true}})
+	nc := publisher(t, h)
+	for _, tt := range []struct {
+		size       int
+		compressed bool
+	}{{1024, true}, {64, false}} {
+		t.Run(strconv.Itoa(tt.size), func(t *testing.T) {
+			cfg := benchConfig(t, h, bench.Fanout, 200)
+			cfg.Channels = 4
+			cfg.Messages = 40
+			cfg.Size = tt.size
+			cfg.Compress = true
+			cfg.Duration = 20 * time.Second
+			cfg.Publish = nc.Publish
+			cfg.Flush = nc.Flush
+			res := runBenchT(t, cfg)
+			f := res.Fanout
+			if f.Delivered != f.Expected || f.Expected != 40/4*200 || f.Missing+f.Duplicated+f.OutOfOrder != 0 {
+				t.Fatalf("%+v", f)
+			}
+			if tt.compressed != (f.CompressedFrames >= f.Delivered) {
+				t.Fatalf("%d frames compressed for %d deliveries of %d B", f.CompressedFrames, f.Delivered, tt.size)
+			}
+			if tt.compressed && (f.WireRatio <= 0 || f.WireRatio > 0.6) || !tt.compressed && f.WireBytes != f.PlainBytes {
+				t.Fatalf("wire %d of %d plain bytes (%.2f)", f.WireBytes, f.PlainBytes, f.WireRatio)
+			}
+			var report strings.Builder
+			_ = res.WriteTable(&report)
+			if !strings.Contains(report.String(), "bytes on the wire") {
+				t.Errorf("report:\n%s", report.String())
+			}
+		})
 	}
 }

@@ -657,9 +657,8 @@ func tail(s string, n int) string {
 // many messages were recovered, or that some were lost; a stream recreated
 // (another epoch) restarts the position. A second page checks the API:
 // onmessage's seq, onchannel's {recovered, replayed}, and a pattern
-// resumed from the subjects it covers. The server side of history lands
-// separately; the end-to-end test against Herald with --history comes
-// with it.
+// resumed from the subjects it covers. TestHistoryResumeInBrowser runs
+// the demo page against a real Herald with --history.
 func TestResumeInBrowser(t *testing.T) {
 	browser := newBrowser(t)
 	h := startHistoryServer(t, map[string]string{"/resume-test": resumeTestPage})

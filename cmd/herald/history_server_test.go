@@ -20,10 +20,11 @@ import (
 // historyServer is a small real WebSocket server (gorilla) on a loopback
 // port that plays Herald's history and resume contract as a test scripts
 // it, one connection at a time: seq in envelopes, since and epoch in
-// subscribes, acks with recovered and epoch. It stands in for the server
-// side of issue 12 until it lands, to test what herald sub and herald.js
-// send and do; the end-to-end resume tests against a real Herald with
-// --history come with that server. It also serves the demo pages (web/)
+// subscribes, acks with recovered and epoch. It scripts what a real Herald
+// cannot be made to do on cue (a stream recreated between two reconnects,
+// acks in a chosen order, refusals), to test what herald sub and herald.js
+// send and do; history_test.go runs them against a real Herald with
+// --history end to end. It also serves the demo pages (web/)
 // and any extra pages a test gives, so that a browser can load herald.js
 // from it.
 type historyServer struct {

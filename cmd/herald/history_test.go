@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herald-ws/herald/engine"
+	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/pubsub/history"
 	"github.com/herald-ws/herald/pubsub/natstest"
 )
@@ -39,10 +40,12 @@ type historyFrame struct {
 // String is the frame as a test compares it: "chat.a 3 {..}" for an
 // envelope, "ack id channel recovered" for an ack.
 func (f historyFrame) String() string {
-	switch f.Op {
-	case "":
+	switch {
+	case f.Op == "" && f.Channel == "":
+		return f.raw // a raw payload
+	case f.Op == "":
 		return fmt.Sprintf("%s %d %s", f.Channel, f.Seq, f.Data)
-	case "ack":
+	case f.Op == "ack":
 		rec := "-"
 		if f.Recovered != nil {
 			rec = strconv.FormatBool(*f.Recovered)
@@ -100,16 +103,17 @@ type historyHerald struct {
 // where clients look).
 func startHistoryHerald(t testing.TB, addr, natsAddr, dataDir string, cfg history.Config) *historyHerald {
 	t.Helper()
-	hc := heraldConfig{
-		Engine: engine.Config{
-			Addr:   addr,
-			Loops:  2,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		},
-		NATSListen: natsAddr,
-		History:    &cfg,
-		DataDir:    dataDir,
-	}
+	return startHistoryHeraldConfig(t, heraldConfig{NATSListen: natsAddr, DataDir: dataDir, Engine: engine.Config{Addr: addr}}, cfg)
+}
+
+// startHistoryHeraldConfig is startHistoryHerald with more of Herald's
+// configuration (an external NATS, the demo pages).
+func startHistoryHeraldConfig(t testing.TB, hc heraldConfig, cfg history.Config) *historyHerald {
+	t.Helper()
+	hc.Engine.Loops = 2
+	hc.Engine.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	hc.History = &cfg
+	addr := hc.Engine.Addr
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		h, err := startHerald(hc)
@@ -199,6 +203,8 @@ func TestHistoryResumeAndSnapshot(t *testing.T) {
 			[]string{`ack 7 chat.a true`}},
 		{"URL since 2", "channel=chat.a&since=2&epoch=" + epoch, "",
 			[]string{`chat.a 3 {"n":3}`, `ack - chat.a true`}},
+		{"URL since 1, raw: payloads, no ack", "channel=chat.a&since=1&format=raw", "",
+			[]string{`{"n":2}`, `{"n":3}`}},
 		{"other epoch", "", `{"op":"subscribe","channel":"chat.a","since":2,"epoch":"1","id":"e"}`,
 			[]string{`chat.a 1 {"n":1}`, `chat.a 2 {"n":2}`, `chat.a 3 {"n":3}`, `ack "e" chat.a false`}},
 		{"since beyond the stream", "", `{"op":"subscribe","channel":"chat.a","since":99,"id":"b"}`,
@@ -276,6 +282,18 @@ func TestHistoryResumeAndSnapshot(t *testing.T) {
 	purged := dialWS(t, h.herald, "")
 	sendCommand(t, purged, `{"op":"subscribe","channel":"chat.a","since":1,"id":"x"}`)
 	expectFrames(t, purged, `ack "x" chat.a false`)
+
+	// /metrics counts what the resumes cost.
+	m := scrape(t, h.srv.Addr())
+	st := h.history.Stats()
+	for name, want := range map[string]uint64{
+		"herald_history_reads_total": st.Reads, "herald_history_replays_total": st.Replays,
+		"herald_history_tail_hits_total": st.TailHits, "herald_history_info_calls_total": st.Infos,
+	} {
+		if f := m[name]; f == nil || uint64(f.GetMetric()[0].GetCounter().GetValue()) != want || want == 0 {
+			t.Errorf("%s: %v, want %d (and not 0)", name, f, want)
+		}
+	}
 }
 
 // historyClient is a gorilla client following one history channel: it
@@ -511,6 +529,176 @@ func TestHistorySnapshotOf1000Subjects(t *testing.T) {
 		}
 		if f := readHistoryFrame(t, conn); f.String() != fmt.Sprintf("ack 1 %s %v", tt.pattern, tt.recovered) {
 			t.Fatalf("%s: after %d messages %s, want the ack recovered:%v", tt.pattern, tt.n, f.raw, tt.recovered)
+		}
+	}
+}
+
+// herald.js in Chromium against a real Herald with --history: the demo
+// page follows prices.*; Herald stops, three prices are stored meanwhile
+// (the NATS server, a separate process, stays up), and once Herald is back
+// on its port the page resumes with since and epoch by itself and says it
+// recovered the three, each on the board once.
+func TestHistoryResumeInBrowser(t *testing.T) {
+	browser := newBrowser(t)
+	srv := natstest.StartConfig(t, fmt.Sprintf("jetstream { store_dir: %q }", t.TempDir()))
+	addr := freeAddr(t)
+	start := func() *historyHerald {
+		return startHistoryHeraldConfig(t, heraldConfig{NATS: srv.URL(), Engine: engine.Config{Addr: addr, HTTP: demoHandlers()}},
+			history.Config{Subjects: []string{"prices.>"}})
+	}
+	h := start()
+	price := func(sym string, px float64) {
+		t.Helper()
+		h.publish(t, "prices."+sym, fmt.Sprintf(`{"sym":%q,"px":%.2f,"chg":0.5,"ts":%d}`, sym, px, time.Now().UnixMilli()))
+	}
+	page := openPage(t, browser, "http://"+addr+"/")
+	waitBoard(t, page, 20*time.Second, "the page subscribed", `(b) => b.state === "open" && b.channels.join(" ").includes("subscribed prices.*")`)
+	price("AAPL", 187.10)
+	price("MSFT", 410.00)
+	waitBoard(t, page, 10*time.Second, "two prices on the board", `(b) => b.rows.length === 2 && b.updates === 2`)
+
+	drainCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.srv.Drain(drainCtx, 0); err != nil {
+		t.Fatal(err)
+	}
+	stopHerald(t, h.herald)
+	waitBoard(t, page, 10*time.Second, "the page to notice", `(b) => b.state !== "open"`)
+	price("AAPL", 187.20) // stored while the page is away
+	price("NVDA", 140.00)
+	price("MSFT", 411.00)
+
+	h = start()
+	waitPage[string](t, page, 40*time.Second, `"recovered 3 messages"`, `document.querySelector("#recovery").hidden ? "" : document.querySelector("#recovery").textContent`,
+		`(text) => text === "Reconnected: recovered 3 messages published while away."`)
+	waitBoard(t, page, 10*time.Second, "every price once on the board", `(b) => b.updates === 5 && b.rows.length === 3 && b.reconnects === 1`)
+	price("NVDA", 140.50)
+	waitBoard(t, page, 10*time.Second, "a live price after the resume", `(b) => b.updates === 6`)
+	screenshot(t, page, "demo-recovered-real.png")
+	if errs := pageExceptions(page); len(errs) > 0 {
+		t.Errorf("the page threw:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// Resumes while messages keep coming: clients subscribe with since at
+// different moments of a steady stream of publishes, from positions both
+// inside the channel's in-memory tail and behind it (read from the
+// stream), and each gets every message after its since exactly once, in
+// order: no gap and no duplicate at the seam between replay and live.
+func TestHistorySeamUnderLoad(t *testing.T) {
+	const total = 3000
+	h := startHistoryHerald(t, "127.0.0.1:0", "127.0.0.1:-1", t.TempDir(), history.Config{Subjects: []string{"seam.>"}, MaxReplay: total, Size: total, Tail: 60})
+	first := dialWS(t, h.herald, "channel=seam.s") // the channel is live before the first publish
+	_ = first
+	published := make(chan int, total)
+	errs := make(chan error, 1)
+	go func() {
+		for i := 1; i <= total; i++ {
+			f, err := h.js.PublishAsync("seam.s", []byte(strconv.Itoa(i)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				errs <- err
+				return
+			}
+			published <- i
+		}
+		errs <- nil
+	}()
+	type result struct {
+		since uint64
+		seqs  []uint64
+		err   error
+	}
+	results := make(chan result, 32)
+	starts := []int{50, 200, 500, 900, 1300, 1700, 2100, 2500, 2900, 2990}
+	next := 0
+	for n := range published {
+		for next < len(starts) && n >= starts[next] {
+			since := uint64(starts[next] - 40*(next%3)) // 0, 40 or 80 behind the head
+			conn, _, err := websocket.DefaultDialer.Dial("ws://"+h.srv.Addr()+"/ws", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			expectConnected(t, conn)
+			sendCommand(t, conn, fmt.Sprintf(`{"op":"subscribe","channel":"seam.s","since":%d,"id":1}`, since))
+			go func() {
+				r := result{since: since}
+				for {
+					_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+					_, msg, err := conn.ReadMessage()
+					if err != nil {
+						r.err = err
+						break
+					}
+					var f historyFrame
+					_ = json.Unmarshal(msg, &f)
+					if f.Op == "ack" {
+						if f.Recovered == nil || !*f.Recovered {
+							r.err = fmt.Errorf("ack %s", msg)
+							break
+						}
+						continue
+					}
+					r.seqs = append(r.seqs, f.Seq)
+					if f.Seq >= total {
+						break
+					}
+				}
+				results <- r
+			}()
+			next++
+		}
+		if n == total {
+			break
+		}
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	for range starts {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("since %d: %v after %d messages", r.since, r.err, len(r.seqs))
+			continue
+		}
+		for i, seq := range r.seqs {
+			if seq != r.since+uint64(i)+1 {
+				t.Errorf("since %d: message %d has seq %d, want %d (a gap or a duplicate at the seam)", r.since, i, seq, r.since+uint64(i)+1)
+				break
+			}
+		}
+		if want := total - int(r.since); len(r.seqs) != want {
+			t.Errorf("since %d: %d messages, want %d", r.since, len(r.seqs), want)
+		}
+	}
+	st := h.history.Stats()
+	t.Logf("%d resumes during %d publishes: %d stream reads, %d from the tail", len(starts), total, st.Reads, st.TailHits)
+}
+
+// serve refuses history flags that cannot work, saying which and why.
+func TestHistoryFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--history-stream", "ORDERS"}, "--history-stream without --history names existing streams of an external NATS"},
+		{[]string{"--history", "chat.>", "--history-size", "0"}, "--history-size 0: it must be at least 1"},
+		{[]string{"--history", "chat.>", "--history-ttl", "-1s"}, "--history-ttl -1s: it must be positive"},
+		{[]string{"--history", "chat.>", "--max-replay", "0"}, "--max-replay 0: it must be at least 1"},
+		{[]string{"--history", "chat.>", "--max-snapshot", "-5"}, "--max-snapshot -5: it must be at least 1"},
+		{[]string{"--history", "_private.>"}, `subject "_private.>" cannot hold channel history`},
+	} {
+		var stderr enginetest.Buffer
+		args := append([]string{"serve", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1", "--data-dir", dir, "--log-level", "error"}, tt.args...)
+		if code := run(args, &stderr, &stderr); code == 0 || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want a failure saying %q", tt.args, code, stderr.String(), tt.want)
 		}
 	}
 }

@@ -26,6 +26,9 @@ type metrics struct {
 	authFailures, published, publishRefused                 *prometheus.Desc
 	expired                                                 *prometheus.Desc
 	sseOpen, sseAccepted                                    *prometheus.Desc
+	historyReads, historyInfos, historyTail, historyReplays *prometheus.Desc
+	historyGaps, historyRepaired                            *prometheus.Desc
+	compressed, compressedIn, compressedOut, inflated       *prometheus.Desc
 }
 
 func newMetrics(h *herald) *metrics {
@@ -58,6 +61,16 @@ func newMetrics(h *herald) *metrics {
 		expired:           desc("token_expired_closes_total", "Connections closed with 4001 because their token expired."),
 		sseOpen:           desc("sse_connections", "Event streams (GET /sse) open now; herald_connections counts them too."),
 		sseAccepted:       desc("sse_connections_total", "Event streams (GET /sse) opened."),
+		historyReads:      desc("history_reads_total", "Reads of a history stream's messages (a consumer and its fetches), for resumes, snapshots and gap repairs."),
+		historyInfos:      desc("history_info_calls_total", "Calls for a history stream's state before resumes; resumes that arrive during one share the next."),
+		historyTail:       desc("history_tail_hits_total", "Resumes answered from a channel's in-memory tail, without reading the stream."),
+		historyReplays:    desc("history_replays_total", "Resumes and snapshots answered."),
+		historyGaps:       desc("history_gaps_total", "Gaps found in what NATS delivered on history channels (Nats-Last-Sequence)."),
+		historyRepaired:   desc("history_repaired_total", "Messages read from the stream to fill those gaps."),
+		compressed:        desc("compressed_messages_total", "Messages compressed for permessage-deflate sockets: once per message and format, however many sockets got them."),
+		compressedIn:      desc("compression_bytes_in_total", "Payload bytes of the compressed messages before compression."),
+		compressedOut:     desc("compression_bytes_out_total", "Payload bytes of the compressed messages after compression (what each deflate socket was sent instead)."),
+		inflated:          desc("inflated_messages_total", "Compressed messages received from clients and inflated."),
 	}
 	m.registry.MustRegister(m,
 		collectors.NewGoCollector(),
@@ -72,6 +85,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
 		m.natsUp, m.natsServer, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
 		m.sseOpen, m.sseAccepted,
+		m.historyReads, m.historyInfos, m.historyTail, m.historyReplays, m.historyGaps, m.historyRepaired,
+		m.compressed, m.compressedIn, m.compressedOut, m.inflated,
 	} {
 		ch <- d
 	}
@@ -121,6 +136,19 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(m.publishRefused, n, code)
 	}
 	counter(m.expired, ps.Expired)
+	if m.h.history != nil {
+		hs := m.h.history.Stats()
+		counter(m.historyReads, hs.Reads)
+		counter(m.historyInfos, hs.Infos)
+		counter(m.historyTail, hs.TailHits)
+		counter(m.historyReplays, hs.Replays)
+		counter(m.historyGaps, hs.Gaps)
+		counter(m.historyRepaired, hs.Repaired)
+	}
+	counter(m.compressed, ps.Compressed)
+	counter(m.compressedIn, ps.CompressedIn)
+	counter(m.compressedOut, ps.CompressedOut)
+	counter(m.inflated, st.Inflated)
 
 	buckets := make(map[float64]uint64, len(push.LatencyBuckets))
 	var cumulative uint64

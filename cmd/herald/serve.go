@@ -9,11 +9,15 @@ import (
 	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/klauspost/compress/flate"
+
 	"github.com/herald-ws/herald/codec"
+	"github.com/herald-ws/herald/codec/deflate"
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/push"
 	"github.com/herald-ws/herald/engine/push/auth"
@@ -97,6 +101,10 @@ second signal exits at once.`, stderr)
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM, spread closing the open connections over this time")
 	adminListen := fs.String("admin-listen", "", "`address` of the admin listener (/metrics, /readyz, /debug/connections, /debug/channels, /debug/pprof/), e.g. :9090;\nwithout a host it binds loopback (127.0.0.1); a host that is not loopback is allowed but logged as a warning, since it shows users and client addresses (default: off)")
 	publicMetrics := fs.Bool("metrics", true, "serve /metrics on --listen; --metrics=false keeps it to the admin listener, for deployments that must not expose it")
+	noCompression := fs.Bool("no-compression", false, "decline permessage-deflate: send and accept only uncompressed frames\n(by default a client that offers it, as every browser does, gets each message compressed once for all such sockets,\nand may send compressed commands)")
+	compressionMinSize := fs.Int("compression-min-size", push.DefaultCompressionMinSize, "smallest message, in `bytes`, sent compressed to permessage-deflate clients; smaller ones go plain,\nsince compressing a message on its own saves next to nothing below a few hundred bytes; 0 compresses everything")
+	compressionLevel := fs.Int("compression-level", deflate.DefaultLevel, "deflate `level` of compressed messages: 1 (fastest, the default) to 9 (smallest), or -2 for Huffman coding only")
+	subprotocols := fs.String("subprotocols", "", "comma-separated subprotocol `names` Herald selects when a client offers them, besides herald.json (the JSON envelope)\nand herald.raw (bare payloads, as ?format=raw); they get the JSON envelope. Browsers fail a connection that offered\nsubprotocols when none is selected, so list here what pages written for another server ask for, e.g. chat")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	if err := parseFlags(fs, args); err != nil {
@@ -106,7 +114,27 @@ second signal exits at once.`, stderr)
 	if err != nil {
 		return err
 	}
-	pushCfg := push.Config{MaxChannels: *maxChannels, NoWildcards: *noWildcards}
+	if *compressionLevel != flate.HuffmanOnly && (*compressionLevel < 1 || *compressionLevel > 9) {
+		return fmt.Errorf("--compression-level %d: want 1 to 9, or -2 for Huffman only", *compressionLevel)
+	}
+	if *compressionMinSize < 0 {
+		return fmt.Errorf("--compression-min-size %d: want 0 or more", *compressionMinSize)
+	}
+	protocols := []string{push.SubprotocolJSON, push.SubprotocolRaw}
+	for _, p := range splitList(*subprotocols) {
+		if !validSubprotocol(p) {
+			return fmt.Errorf("--subprotocols: %q is not a valid subprotocol name (an HTTP token)", p)
+		}
+		if !slices.Contains(protocols, p) {
+			protocols = append(protocols, p)
+		}
+	}
+	minSize := *compressionMinSize
+	if minSize == 0 {
+		minSize = -1 // push.Config's "compress everything"
+	}
+	pushCfg := push.Config{MaxChannels: *maxChannels, NoWildcards: *noWildcards,
+		CompressionMinSize: minSize, CompressionLevel: *compressionLevel}
 	authCfg, err := access.config(&pushCfg)
 	if err != nil {
 		return err
@@ -149,6 +177,9 @@ second signal exits at once.`, stderr)
 			MaxOutbound:      int(*maxOutbound),
 			Logger:           log,
 			HTTP:             demoRoutes(!*noDemo),
+			Compression:      !*noCompression,
+			CompressionLevel: *compressionLevel,
+			Subprotocols:     protocols,
 		},
 		Push:         pushCfg,
 		Auth:         authCfg,
@@ -200,6 +231,21 @@ second signal exits at once.`, stderr)
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// validSubprotocol reports whether p is an RFC 9110 token, which RFC 6455
+// requires of a subprotocol name.
+func validSubprotocol(p string) bool {
+	if p == "" {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // heraldConfig is everything a running Herald is made of.

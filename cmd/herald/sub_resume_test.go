@@ -155,9 +155,9 @@ func TestSubDoesNotHammerRefusals(t *testing.T) {
 // are printed and counted; recovered:false is reported; a stream recreated
 // (another epoch) restarts the position at the replay's last seq.
 //
-// The server side of history lands separately: this plays its contract
-// with a real WebSocket server. An end-to-end resume test against Herald
-// with --history comes with it.
+// This plays the contract with a scripted WebSocket server, for the cases
+// a real Herald cannot be made to hit on cue; TestHistoryResumeAfterKill9
+// resumes herald sub against a real Herald with --history.
 func TestSubResumesWithSince(t *testing.T) {
 	h := startHistoryServer(t, nil)
 	s := startSub(t, subConfig{

@@ -23,29 +23,47 @@ type delivery struct {
 	patterns []string // the channels it arrived through
 	json     *bytebufferpool.ByteBuffer
 	raw      *bytebufferpool.ByteBuffer // nil unless some subscriber wants raw
-	sse      *bytebufferpool.ByteBuffer // nil unless some subscriber is an event stream
-	jsonAt   int                        // where the frame starts in json.B
-	seq      uint64                     // stream sequence on a history channel; 0 otherwise
-	arrived  time.Time                  // when the bus handed it over
-	refs     atomic.Int32
+	// jsonZ and rawZ are the same frames compressed (RSV1 set), for the
+	// sockets that negotiated permessage-deflate; nil when no such socket
+	// subscribed or the message is under the threshold: those sockets then
+	// get the plain frame, which the extension allows.
+	jsonZ, rawZ *bytebufferpool.ByteBuffer
+	// sse is the message as an event for event streams (see sse.go); nil
+	// unless some subscriber is one.
+	sse     *bytebufferpool.ByteBuffer
+	jsonAt  int       // where the frame starts in json.B
+	seq     uint64    // stream sequence on a history channel; 0 otherwise
+	arrived time.Time // when the bus handed it over
+	refs    atomic.Int32
 }
 
-// frame returns the encoded frame (or event) for a subscriber's format,
-// nil when no subscriber wanted that format as d was encoded.
-func (d *delivery) frame(f format) []byte {
-	switch f {
-	case formatRaw:
-		if d.raw == nil {
-			return nil
-		}
+// frame returns the encoded frame for a subscriber's format, compressed
+// when the subscriber takes compressed frames and the message has one.
+func (d *delivery) frame(raw, deflate bool) []byte {
+	switch {
+	case raw && deflate && d.rawZ != nil:
+		return d.rawZ.B
+	case raw:
 		return d.raw.B
-	case formatSSE:
+	case deflate && d.jsonZ != nil:
+		return d.jsonZ.B
+	}
+	return d.json.B[d.jsonAt:]
+}
+
+// variant returns the frame (or event) of variant v, nil when no
+// subscriber wanted that format as d was encoded.
+func (d *delivery) variant(v int) []byte {
+	switch {
+	case v == variantSSE:
 		if d.sse == nil {
 			return nil
 		}
 		return d.sse.B
+	case v&variantRaw != 0 && d.raw == nil:
+		return nil
 	}
-	return d.json.B[d.jsonAt:]
+	return d.frame(v&variantRaw != 0, v&variantDeflate != 0)
 }
 
 // subjectString views the subject without copying; valid while d is.
@@ -55,13 +73,15 @@ func (d *delivery) subjectString() string {
 
 func (h *Hub) recycle(d *delivery) {
 	bytebufferpool.Put(d.json)
-	if d.raw != nil {
-		bytebufferpool.Put(d.raw)
+	for _, b := range [...]*bytebufferpool.ByteBuffer{d.raw, d.jsonZ, d.rawZ} {
+		if b != nil {
+			bytebufferpool.Put(b)
+		}
 	}
 	if d.sse != nil {
 		h.events.Put(d.sse)
 	}
-	d.json, d.raw, d.sse = nil, nil, nil
+	d.json, d.raw, d.jsonZ, d.rawZ, d.sse = nil, nil, nil, nil, nil
 	d.seq = 0
 	clear(d.patterns)
 	d.patterns = d.patterns[:0]
@@ -107,10 +127,8 @@ type loopState struct {
 	// Scratch space for a flush, reused.
 	run       []*delivery
 	groups    []group
-	joined    []byte // a topic's frames of one run, back to back
-	joinedRaw []byte
-	joinedSSE []byte
-	multi     []*engine.Conn // sockets with several subscriptions touched by a run
+	joined    [numVariants][]byte // a topic's frames of one run, back to back, by variant (see variant)
+	multi     []*engine.Conn      // sockets with several subscriptions touched by a run
 	inMulti   map[*engine.Conn]struct{}
 	gather    []byte
 	replyBuf  []byte
@@ -299,38 +317,31 @@ func (l *loopState) deliver(run []*delivery) {
 func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 	// A delivery has a raw frame only if some subscriber wanted one when it
 	// was encoded; raw subscribers get those, which are all the messages
-	// published after they joined.
-	// The same goes for events.
-	var jsonFrames, rawFrames, sseFrames []byte
-	rawCount, sseCount := 0, 0
-	if len(ds) == 1 {
-		jsonFrames = ds[0].frame(formatJSON)
-		if rawFrames = ds[0].frame(formatRaw); rawFrames != nil {
-			rawCount = 1
+	// published after they joined; the same goes for events. Each of the
+	// variants (format, and compressed or not) is joined at most once for
+	// the whole topic.
+	var frames [numVariants][]byte
+	var counts [numVariants]int
+	var built [numVariants]bool
+	variant := func(v int) {
+		built[v] = true
+		if len(ds) == 1 {
+			if f := ds[0].variant(v); f != nil {
+				frames[v], counts[v] = f, 1
+			}
+			return
 		}
-		if sseFrames = ds[0].frame(formatSSE); sseFrames != nil {
-			sseCount = 1
-		}
-	} else {
-		l.joined, l.joinedRaw, l.joinedSSE = l.joined[:0], l.joinedRaw[:0], l.joinedSSE[:0]
+		buf := l.joined[v][:0]
 		for _, d := range ds {
-			l.joined = append(l.joined, d.frame(formatJSON)...)
-			if f := d.frame(formatRaw); f != nil {
-				l.joinedRaw = append(l.joinedRaw, f...)
-				rawCount++
+			f := d.variant(v)
+			if f == nil {
+				continue
 			}
-			if f := d.frame(formatSSE); f != nil {
-				l.joinedSSE = append(l.joinedSSE, f...)
-				sseCount++
-			}
+			buf = append(buf, f...)
+			counts[v]++
 		}
-		jsonFrames = l.joined
-		if rawCount > 0 {
-			rawFrames = l.joinedRaw
-		}
-		if sseCount > 0 {
-			sseFrames = l.joinedSSE
-		}
+		l.joined[v] = buf
+		frames[v] = buf
 	}
 	var written, bytes uint64
 	// Backwards, because a write can close a connection, which moves the
@@ -343,31 +354,54 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 		if !c.Open() {
 			continue
 		}
-		f := formatOf(c)
-		switch {
-		case subCount(c) > 1 || resuming(c):
+		if subCount(c) > 1 || resuming(c) {
 			if _, seen := l.inMulti[c]; !seen {
 				l.inMulti[c] = struct{}{}
 				l.multi = append(l.multi, c)
 			}
-		case f == formatRaw && rawCount == 0:
-		case f == formatRaw:
-			c.Send(rawFrames)
-			written += uint64(rawCount)
-			bytes += uint64(len(rawFrames))
-		case f == formatSSE && sseCount == 0:
-		case f == formatSSE:
-			c.Send(sseFrames)
-			written += uint64(sseCount)
-			bytes += uint64(len(sseFrames))
-		default:
-			c.Send(jsonFrames)
-			written += uint64(len(ds))
-			bytes += uint64(len(jsonFrames))
+			continue
 		}
+		v := variantFor(c)
+		if !built[v] {
+			variant(v) // joined only for the formats the topic's members take
+		}
+		if counts[v] == 0 {
+			continue
+		}
+		c.Send(frames[v])
+		written += uint64(counts[v])
+		bytes += uint64(len(frames[v]))
 	}
 	l.stats.deliveries.Add(written)
 	l.stats.bytesOut.Add(bytes)
+}
+
+// The variants of a delivery's frame, as bits, and the event of event
+// streams, which are neither raw nor compressed.
+const (
+	variantRaw     = 1
+	variantDeflate = 2
+	variantSSE     = 4
+	numVariants    = 5
+)
+
+// variantFor is the variant c takes.
+func variantFor(c *engine.Conn) int {
+	if c.Stream() {
+		return variantSSE
+	}
+	return variantOf(isRaw(c), c.Deflate())
+}
+
+func variantOf(raw, deflate bool) int {
+	v := 0
+	if raw {
+		v |= variantRaw
+	}
+	if deflate {
+		v |= variantDeflate
+	}
+	return v
 }
 
 // deliverMulti writes to each socket with several subscriptions the
@@ -384,11 +418,11 @@ func (l *loopState) deliverMulti(run []*delivery) {
 			continue
 		}
 		s := c.Session.(*session) // several subscriptions: always a session
-		f := formatOf(c)
+		v := variantFor(c)
 		buf := l.gather[:0]
 		n := 0
 		for _, d := range run {
-			frame := d.frame(f)
+			frame := d.variant(v)
 			if frame == nil {
 				continue
 			}

@@ -14,6 +14,16 @@ import (
 	"github.com/herald-ws/herald/engine"
 )
 
+// The subprotocols that name the protocol's formats. A browser page may
+// ask for one with new WebSocket(url, "herald.raw"); the engine selects it
+// when the server lists it (engine.Config.Subprotocols). herald.json is the
+// default envelope, herald.raw the bare payloads of ?format=raw; any other
+// name the server lists gets the envelope too.
+const (
+	SubprotocolJSON = "herald.json"
+	SubprotocolRaw  = "herald.raw"
+)
+
 // endpoint serves the protocol on the engine's connections.
 type endpoint struct{ h *Hub }
 
@@ -43,6 +53,7 @@ func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 	if err != nil {
 		return err
 	}
+	raw = raw || c.Subprotocol() == SubprotocolRaw
 	l := h.loopFor(c)
 	if h.verify != nil {
 		if token == "" {

@@ -234,8 +234,11 @@ func (l *loopState) replayed(j *job) {
 		buf = l.appendStored(buf, formatOf(c), res.Epoch, *m)
 		n++
 	}
-	l.replyBuf = l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true)
-	buf = appendReply(buf, c, l.replyBuf)
+	if !s.raw || r.id != nil {
+		// A raw socket's URL channels get no ack: it would read as data.
+		l.replyBuf = l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true)
+		buf = appendReply(buf, c, l.replyBuf)
+	}
 	newer := false
 	start := 0
 	for _, f := range r.heldAt {
@@ -295,6 +298,15 @@ func (l *loopState) appendAck(b, id []byte, pattern string, recovered *bool, epo
 		b = appendJSONString(b, []byte(epoch))
 	}
 	return append(b, '}')
+}
+
+// replyUnreplayed acks r's subscribe, unsubscribed before its replay
+// came: recovered false, since the client got none of it.
+func (l *loopState) replyUnreplayed(c *engine.Conn, r *resume) {
+	epoch, _ := l.hub.historyOf(r.topic.pattern())
+	recovered := false
+	l.replyBuf = l.appendAck(l.replyBuf[:0], r.id, r.topic.pattern(), &recovered, epoch, true)
+	c.SendFrame(ws.OpText, l.replyBuf)
 }
 
 // replySubscribed acks a subscribe to pattern that asked for no replay.

@@ -159,6 +159,9 @@ func (l *loopState) subscribe(c *engine.Conn, pattern string) (added, pending bo
 	case formatSSE:
 		t.channel.sse.Add(1)
 	}
+	if c.Deflate() {
+		t.channel.deflate.Add(1)
+	}
 	addSub(c, sub{topic: t, pos: int32(len(t.members))})
 	t.members = append(t.members, c)
 	return true, !t.live, nil
@@ -180,6 +183,12 @@ func (l *loopState) unsubscribe(c *engine.Conn, pattern string) {
 			}
 			return false
 		})
+	} else if s, ok := c.Session.(*session); ok {
+		if r := s.resumeFor(pattern); r != nil && r.started && !r.done {
+			// Its replay is still being read: answered now, as nothing
+			// of it will come.
+			l.replyUnreplayed(c, r)
+		}
 	}
 	l.leave(c, k)
 }
@@ -216,6 +225,9 @@ func (l *loopState) leave(c *engine.Conn, k int) {
 		t.channel.raw.Add(-1)
 	case formatSSE:
 		t.channel.sse.Add(-1)
+	}
+	if c.Deflate() {
+		t.channel.deflate.Add(-1)
 	}
 	removeSub(c, k)
 	if len(t.members) == 0 && t.live {

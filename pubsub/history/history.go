@@ -83,6 +83,8 @@ type Config struct {
 	// kept.
 	Size int
 	TTL  time.Duration
+	// Tail is the length of each channel's in-memory tail; default Size.
+	Tail int
 	// Memory keeps the managed stream in memory instead of files (tests).
 	Memory bool
 	// MaxReplay bounds the messages of one resume; past it the answer is
@@ -150,11 +152,6 @@ type Stream struct {
 	epoch      atomic.Pointer[string]
 	created    atomic.Int64 // unix nanos of the stream's creation
 
-	// Dispatcher only (under Store.mu): the last sequence seen live on
-	// each subject, and on the stream.
-	lastSeen map[string]uint64
-	maxSeen  uint64
-
 	// The resumes waiting for the stream's info (see Store.serve).
 	infoMu      sync.Mutex
 	infoRunning bool
@@ -210,6 +207,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.Size <= 0 {
 		cfg.Size = DefaultSize
 	}
+	if cfg.Tail <= 0 {
+		cfg.Tail = cfg.Size
+	}
 	if cfg.TTL < 0 {
 		return nil, fmt.Errorf("history: ttl %v is negative", cfg.TTL)
 	}
@@ -259,6 +259,10 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	}
 	if len(s.streams) == 0 {
 		return nil, errors.New("history: no stream: give subjects or stream names")
+	}
+	for _, st := range s.streams {
+		log.Info("history: serving stream", "stream", st.name, "subjects", strings.Join(st.subjects, ","),
+			"republish", st.prefix+">", "epoch", st.Epoch(), "per_subject", st.perSubject)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.workers.Add(cfg.Readers)
@@ -361,7 +365,6 @@ func (s *Store) newStream(str jetstream.Stream) *Stream {
 		prefix:     prefix,
 		perSubject: info.Config.MaxMsgsPerSubject,
 		handle:     str,
-		lastSeen:   make(map[string]uint64),
 	}
 	st.setCreated(info.Created)
 	return st

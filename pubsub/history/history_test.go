@@ -56,7 +56,7 @@ func (r *relay) passed() []string {
 
 // setup starts an embedded NATS with JetStream, a broker on it and a store
 // managing a stream for subjects, and subscribes channel through it.
-func setup(t *testing.T, r *relay, channel string, subjects ...string) (*history.Store, jetstream.JetStream) {
+func setup(t testing.TB, r *relay, channel string, subjects ...string) (*history.Store, jetstream.JetStream, *pubsub.Broker) {
 	t.Helper()
 	r.lives = make(chan error, 1)
 	b, err := pubsub.Start(pubsub.Config{
@@ -70,23 +70,15 @@ func setup(t *testing.T, r *relay, channel string, subjects ...string) (*history
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, err := history.Open(ctx, b.Conn(), history.Config{Subjects: subjects, Memory: true, Size: 100,
-		Drops: func() uint64 { st := b.Stats(); return st.Dropped + st.Disconnects }})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Drops:  func() uint64 { st := b.Stats(); return st.Dropped + st.Disconnects }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
 	r.store.Store(s)
 	b.SetRepublished(s.Prefixes())
-	s.Subscribed(1, channel)
-	b.Subscribe(1, s.Subject(channel))
-	select {
-	case err := <-r.lives:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("no Live")
-	}
+	subscribe(t, r, s, b, 1, channel)
 	nc, err := nats.Connect(b.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +88,23 @@ func setup(t *testing.T, r *relay, channel string, subjects ...string) (*history
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, js
+	return s, js, b
+}
+
+// subscribe subscribes id to channel through the store, as Herald's bus
+// does, and waits for its Live.
+func subscribe(t testing.TB, r *relay, s *history.Store, b *pubsub.Broker, id uint64, channel string) {
+	t.Helper()
+	s.Subscribed(id, channel)
+	b.Subscribe(id, s.Subject(channel))
+	select {
+	case err := <-r.lives:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no Live")
+	}
 }
 
 func publish(t *testing.T, js jetstream.JetStream, subjectData ...string) {
@@ -127,7 +135,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // between NATS and Herald.
 func TestGapRepairedFromTheStream(t *testing.T) {
 	r := &relay{drop: func(seq uint64) bool { return seq == 2 || seq == 3 || seq == 6 }}
-	s, js := setup(t, r, "gap.a", "gap.>")
+	s, js, b := setup(t, r, "gap.a", "gap.>")
 	publish(t, js, "gap.a", "1", "gap.a", "2", "gap.b", "x", "gap.a", "3", "gap.a", "4", "gap.a", "5", "gap.a", "6", "gap.a", "7")
 	// gap.b is not subscribed: its 3 is no message of gap.a's, and never
 	// asked for.
@@ -139,6 +147,19 @@ func TestGapRepairedFromTheStream(t *testing.T) {
 	if st := s.Stats(); st.Gaps != 2 || st.Repaired != 2 {
 		t.Errorf("stats %+v, want 2 gaps and 2 messages repaired (seqs 2 and 6)", st)
 	}
+
+	// What was published while nobody here followed the channel is no gap
+	// of a new subscription: it starts live.
+	s.Unsubscribed(1)
+	b.Unsubscribe(1)
+	publish(t, js, "gap.a", "8", "gap.a", "9")
+	subscribe(t, r, s, b, 2, "gap.a")
+	publish(t, js, "gap.a", "10")
+	want = append(want, "gap.a 11 10")
+	waitFor(t, "gap.a 11", func() bool { return len(r.passed()) >= len(want) })
+	if got := r.passed(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("after a new subscription, passed on:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 }
 
 // A reconnect storm: 19,000 clients resume one channel from about the
@@ -148,7 +169,7 @@ func TestGapRepairedFromTheStream(t *testing.T) {
 // asked for by far fewer calls than resumes.
 func TestStormReadsTheStreamOnce(t *testing.T) {
 	r := &relay{}
-	s, js := setup(t, r, "storm.a", "storm.>")
+	s, js, _ := setup(t, r, "storm.a", "storm.>")
 	for i := 1; i <= 20; i++ {
 		publish(t, js, "storm.a", fmt.Sprint(i))
 	}
@@ -176,5 +197,31 @@ func TestStormReadsTheStreamOnce(t *testing.T) {
 	t.Logf("%d resumes: %d stream reads, %d info calls, %d answered from the tail", clients, st.Reads, st.Infos, st.TailHits)
 	if st.Reads > 3 || st.Infos >= clients/10 {
 		t.Errorf("%+v: want at most 3 reads (one per position) and far fewer info calls than resumes", st)
+	}
+}
+
+// BenchmarkRepublished is the history's share of a live message on the
+// way from NATS to the hub: its tail and gap bookkeeping. It allocates
+// nothing once the tail's slots have grown.
+func BenchmarkRepublished(b *testing.B) {
+	r := &relay{}
+	s, _, _ := setup(b, r, "bench.a", "bench.>")
+	data := []byte(`{"sym":"AAPL","px":187.25,"ts":1732180000000,"seq":123456789012}`)
+	subs := []uint64{1}
+	var passed uint64
+	out := func(string, []byte, []uint64, uint64) { passed++ }
+	seq := uint64(0)
+	for range 1000 { // grow the tail's slots
+		seq++
+		s.Republished("bench.a", data, subs, seq, seq-1, out)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		seq++
+		s.Republished("bench.a", data, subs, seq, seq-1, out)
+	}
+	if passed != seq {
+		b.Fatalf("passed on %d of %d", passed, seq)
 	}
 }

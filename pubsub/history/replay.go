@@ -250,12 +250,11 @@ func (s *Store) recreated(st *Stream) {
 	s.log.Warn("history: stream was recreated; its sequences start again", "stream", st.name, "epoch", st.Epoch())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	clear(st.lastSeen)
-	st.maxSeen = 0
 	for _, t := range s.tails {
 		if t.stream == st {
 			t.valid = false
 			t.start, t.n = 0, 0
+			clear(t.lastSeen)
 		}
 	}
 }

@@ -19,8 +19,14 @@ type tail struct {
 	live    bool // the bus confirmed the subscription
 
 	ring  []entry
+	size  int // the ring's capacity
 	start int // index of the oldest entry
 	n     int // entries held
+
+	// lastSeen is the last sequence the subscription carried on each
+	// subject, for gap detection (Nats-Last-Sequence); dispatcher only,
+	// under Store.mu.
+	lastSeen map[string]uint64
 
 	valid   bool
 	from    uint64 // valid: every message after from is here (up to through)
@@ -45,16 +51,23 @@ func (t *tail) last() uint64 {
 }
 
 // add takes a live message in. Copies through overlapping subscriptions,
-// and anything older than what the tail has, change nothing.
+// and anything older than what the tail has, change nothing. The ring
+// grows up to its capacity as messages come, so that a quiet channel (a
+// personal one) costs little more than the struct.
 func (t *tail) add(seq uint64, subject string, data []byte) {
 	if seq <= t.last() || seq <= t.through && t.valid {
 		return
 	}
 	var e *entry
-	if t.n < len(t.ring) {
+	switch {
+	case t.n < len(t.ring):
 		e = t.at(t.n)
 		t.n++
-	} else {
+	case len(t.ring) < t.size:
+		t.ring = append(t.ring, entry{}) // start is 0 until the ring is full
+		e = &t.ring[t.n]
+		t.n++
+	default:
 		e = t.at(0)
 		if t.valid {
 			t.from = e.seq // what was after it is still here
@@ -112,14 +125,11 @@ func (t *tail) merge(since, through uint64, read []Msg, drops uint64) {
 		}
 	}
 	from := since
-	if over := len(all) - len(t.ring); over > 0 {
+	if over := len(all) - t.size; over > 0 {
 		from = all[over-1].seq
 		all = all[over:]
 	}
-	for i := range t.ring {
-		t.ring[i] = entry{}
-	}
-	copy(t.ring, all)
+	t.ring = all
 	t.start, t.n = 0, len(all)
 	t.valid, t.from, t.drops = true, from, drops
 	t.through = max(through, t.last())
@@ -133,7 +143,7 @@ func (s *Store) Subscribed(id uint64, pattern string) {
 	if st == nil {
 		return
 	}
-	t := &tail{pattern: pattern, stream: st, ring: make([]entry, s.cfg.Size)}
+	t := &tail{pattern: pattern, stream: st, size: s.cfg.Tail}
 	s.mu.Lock()
 	s.tails[id] = t
 	s.byPattern[pattern] = t
@@ -174,32 +184,53 @@ type Deliver func(subject string, data []byte, subs []uint64, seq uint64)
 
 // Republished takes a message a stream republished, as the broker's
 // dispatcher hands it over, into the tails of subs and passes it on. When
-// last shows that the subscription missed a message on subject since the
+// last shows that a subscription missed a message on subject since the
 // last one it carried (NATS dropped it: pending limits, a reconnect), the
-// missing ones are read from the stream first and passed on before it, so
-// that a history channel loses nothing between NATS and Herald. That read
-// holds up the dispatcher (not a loop) for a round trip, at most
-// repairTimeout.
+// missing ones are read from the stream first and passed on before it, to
+// the subscriptions that missed them, so that a history channel loses
+// nothing between NATS and Herald. That read holds up the dispatcher (not
+// a loop) for a round trip, at most repairTimeout.
 func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, last uint64, out Deliver) {
 	s.mu.Lock()
-	st := s.streamOf(subs)
-	var gapFrom uint64
-	if st != nil {
-		prev, seen := st.lastSeen[subject]
-		if seen && last > prev && seq > prev {
-			gapFrom = prev
+	var st *Stream
+	gapFrom := uint64(0)
+	gapped := false
+	for _, id := range subs {
+		t := s.tails[id]
+		if t == nil || !t.live {
+			continue
 		}
-		if seq > prev {
-			st.lastSeen[subject] = seq
+		st = t.stream
+		prev, seen := t.lastSeen[subject]
+		if seen && last > prev && seq > prev && (!gapped || prev < gapFrom) {
+			gapFrom, gapped = prev, true
 		}
-		st.maxSeen = max(st.maxSeen, seq)
 	}
-	if gapFrom == 0 {
+	if !gapped {
+		s.noteSeen(subject, subs, seq)
 		s.addLocked(subject, data, subs, seq)
 		s.mu.Unlock()
 		out(subject, data, subs, seq)
 		return
 	}
+	// Which subscriptions missed which: those whose last message on the
+	// subject was before the one missing (a subscription new to the
+	// subject wants nothing older than this message).
+	type missed struct {
+		id   uint64
+		prev uint64
+	}
+	var gaps []missed
+	for _, id := range subs {
+		if t := s.tails[id]; t != nil && t.live {
+			prev, seen := t.lastSeen[subject]
+			if !seen {
+				prev = seq
+			}
+			gaps = append(gaps, missed{id: id, prev: prev})
+		}
+	}
+	s.noteSeen(subject, subs, seq)
 	s.mu.Unlock()
 
 	s.gaps.Add(1)
@@ -211,27 +242,39 @@ func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, las
 		s.log.Warn("history: cannot fill a gap NATS left from the stream; the messages are lost to live subscribers (a resume still finds them)",
 			"stream", st.name, "channel", subject, "after", gapFrom, "before", seq, "err", err)
 	}
-	s.mu.Lock()
+	s.repaired.Add(uint64(len(missing)))
+	ids := make([]uint64, 0, len(gaps))
 	for _, m := range missing {
-		s.addLocked(m.Subject, m.Data, subs, m.Seq)
+		ids = ids[:0]
+		for _, g := range gaps {
+			if g.prev < m.Seq {
+				ids = append(ids, g.id)
+			}
+		}
+		s.mu.Lock()
+		s.addLocked(m.Subject, m.Data, ids, m.Seq)
+		s.mu.Unlock()
+		out(m.Subject, m.Data, ids, m.Seq)
 	}
+	s.mu.Lock()
 	s.addLocked(subject, data, subs, seq)
 	s.mu.Unlock()
-	s.repaired.Add(uint64(len(missing)))
-	for _, m := range missing {
-		out(m.Subject, m.Data, subs, m.Seq)
-	}
 	out(subject, data, subs, seq)
 }
 
-// streamOf is the stream of the first history channel in subs.
-func (s *Store) streamOf(subs []uint64) *Stream {
+// noteSeen records seq as the last message the subscriptions subs
+// carried on subject.
+func (s *Store) noteSeen(subject string, subs []uint64, seq uint64) {
 	for _, id := range subs {
-		if t := s.tails[id]; t != nil {
-			return t.stream
+		if t := s.tails[id]; t != nil && t.live {
+			if prev, seen := t.lastSeen[subject]; !seen || seq > prev {
+				if t.lastSeen == nil {
+					t.lastSeen = make(map[string]uint64) // a quiet channel has none
+				}
+				t.lastSeen[subject] = seq
+			}
 		}
 	}
-	return nil
 }
 
 func (s *Store) addLocked(subject string, data []byte, subs []uint64, seq uint64) {
