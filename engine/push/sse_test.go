@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push"
@@ -53,10 +55,11 @@ func envelopeEvent(t *testing.T, st *enginetest.Stream) (frame, enginetest.Event
 
 // A stream gets the greeting as a herald event, then every message of its
 // channels as an event whose data is the envelope a WebSocket gets (from
-// the same message, side by side with one), a multi-line JSON payload
+// the same message, side by side with one that negotiated
+// permessage-deflate and gets it compressed), a multi-line JSON payload
 // kept whole, and no id off history channels.
 func TestStreamDeliversEnvelopes(t *testing.T) {
-	s := startPush(t, engine.Config{}, push.Config{}, true)
+	s := startPush(t, engine.Config{Compression: true}, push.Config{CompressionMinSize: -1}, true)
 	st := s.openSSE(t, "channel=prices.a&channel=news.*", nil)
 	if st.Resp.StatusCode != 200 || st.Resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("answered %d %q", st.Resp.StatusCode, st.Resp.Header.Get("Content-Type"))
@@ -64,9 +67,17 @@ func TestStreamDeliversEnvelopes(t *testing.T) {
 	if f := heraldEvent(t, st); f.Op != "connected" || f.Client == "" {
 		t.Fatalf("greeting %+v", f)
 	}
-	ws, _, err := s.dial(t, "channel=prices.a")
+	d := websocket.Dialer{EnableCompression: true, HandshakeTimeout: 10 * time.Second}
+	ws, resp, err := d.Dial("ws://"+s.addr+push.Path+"?channel=prices.a", nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer ws.Close()
+	if !strings.Contains(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		t.Fatalf("no permessage-deflate agreed: %q", resp.Header.Get("Sec-WebSocket-Extensions"))
+	}
+	if f := read(t, ws); f.Op != "connected" {
+		t.Fatalf("first frame %+v", f)
 	}
 	for _, tc := range []struct {
 		subject, data string
