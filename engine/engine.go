@@ -1,6 +1,7 @@
 // Package engine owns Herald's sockets: a gnet reactor whose event loops
-// accept TCP connections, answer plain HTTP and WebSocket upgrades on one
-// port, parse frames in place from gnet's buffers and write frames back.
+// accept TCP connections, answer plain HTTP, WebSocket upgrades and event
+// streams (Server-Sent Events, see stream.go) on one port, parse frames in
+// place from gnet's buffers and write frames back.
 // What is spoken over an upgraded connection is an Endpoint's business: the
 // engine knows sockets, frames, limits and deadlines, not channels.
 //

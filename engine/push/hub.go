@@ -1,5 +1,6 @@
 // Package push is Herald's push protocol, spoken over the engine's
-// WebSocket connections at Path: clients subscribe to channels, in the
+// WebSocket connections at Path (and its event streams at StreamPath, see
+// sse.go): clients subscribe to channels, in the
 // upgrade's query or in band, and every message the bus delivers on a
 // channel is encoded once and written to every socket subscribed to it,
 // loop by loop, several messages to a socket in one write when they queue
