@@ -270,7 +270,8 @@ func (c *Conn) open(out *bytebufferpool.ByteBuffer) {
 		}
 	}
 	if c.Stream() {
-		return // a stream reads nothing from its client
+		c.discardInbound() // what came while the endpoint held the answer
+		return             // a stream reads nothing from its client
 	}
 	c.readFrames() // frames the client sent right behind its request
 }
