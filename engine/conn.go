@@ -116,7 +116,7 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	l.untrack(c)
 	l.stats.open.Add(-1)
 	if c.upgraded() {
-		l.s.wsConns.Add(-1)
+		c.unadmit()
 	}
 	c.dropAccept()
 	c.releaseReader()
@@ -146,6 +146,10 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 			return gnet.Close
 		}
 	case stateOpen:
+		if c.Stream() {
+			c.discardInbound()
+			break
+		}
 		c.alive()
 		c.readFrames()
 	}
@@ -192,6 +196,10 @@ func (c *Conn) readRequest() {
 			return
 		}
 		c.serveHTTP(req)
+		return
+	}
+	if s.streams[route-1] {
+		c.readStream(req, n, route)
 		return
 	}
 	out := bytebufferpool.Get()
@@ -253,10 +261,16 @@ func (c *Conn) open(out *bytebufferpool.ByteBuffer) {
 	if !ok {
 		return
 	}
+	if c.Stream() {
+		c.loop.stats.streamsAccepted.Add(1)
+	}
 	if o, isOpener := c.loop.s.endpoints[c.route-1].(Opener); isOpener {
 		if o.Opened(c); c.state != stateOpen {
 			return // the endpoint closed it
 		}
+	}
+	if c.Stream() {
+		return // a stream reads nothing from its client
 	}
 	c.readFrames() // frames the client sent right behind its request
 }
@@ -269,8 +283,12 @@ func (c *Conn) Refuse(err error) {
 		return
 	}
 	c.dropAccept()
-	c.loop.s.wsConns.Add(-1)
+	c.unadmit()
 	c.setState(stateHandshake) // not upgraded: linger as an HTTP answer
+	if c.Stream() {
+		c.refuseStream(refusalOf(err), err)
+		return
+	}
 	c.refuse(refusalOf(err), err)
 }
 
@@ -603,10 +621,11 @@ func (c *Conn) Send(b []byte) bool {
 
 // SendFrame writes one unfragmented frame and reports whether the
 // connection is still open. The header goes in the loop's scratch buffer
-// and the payload is written from where it lies.
+// and the payload is written from where it lies. An event stream has no
+// frames: there it writes nothing.
 func (c *Conn) SendFrame(op ws.OpCode, payload []byte) bool {
-	if c.state != stateOpen {
-		return false
+	if c.state != stateOpen || c.Stream() {
+		return c.state == stateOpen
 	}
 	return c.writeFrame(op, payload)
 }
@@ -650,7 +669,8 @@ func (c *Conn) Subprotocol() string {
 }
 
 // Close sends a close frame with code and reason and starts the closing
-// handshake; nothing sent afterwards is written.
+// handshake; nothing sent afterwards is written. An event stream gets an
+// "event: close" with code and reason instead, and its response ends.
 func (c *Conn) Close(code ws.StatusCode, reason string) {
 	if c.state == stateOpen {
 		c.close(code, reason)
@@ -762,6 +782,10 @@ func (c *Conn) fail(err error) {
 
 // close sends a close frame and waits for the peer's.
 func (c *Conn) close(code ws.StatusCode, reason string) {
+	if c.Stream() {
+		c.closeStream(int(code), reason)
+		return
+	}
 	l := c.loop
 	l.frame = codec.AppendClose(l.frame[:0], code, reason)
 	if c.write(l.frame) {
@@ -775,7 +799,7 @@ func (c *Conn) close(code ws.StatusCode, reason string) {
 // counts against MaxConns and nothing more is sent on it.
 func (c *Conn) endWebSocket() {
 	if c.upgraded() {
-		c.loop.s.wsConns.Add(-1)
+		c.unadmit()
 	}
 	c.releaseReader()
 	c.setState(stateClosing)

@@ -50,7 +50,8 @@ type Opener interface {
 // every sweep of that loop's connections (at most a quarter of a second
 // apart), so the endpoint needs no timer of its own per loop or per
 // socket. It must be quick: every socket of the loop waits for it. An
-// endpoint served at several paths ticks once per path.
+// endpoint served at several paths (a WebSocket one and an event stream,
+// say) ticks once.
 type Ticker interface {
 	Tick(l *Loop)
 }

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -70,6 +71,17 @@ type Config struct {
 	Echo bool
 	// Endpoints are the WebSocket protocols served, by exact request path.
 	Endpoints map[string]Endpoint
+	// Streams are endpoints served as event streams (Server-Sent Events),
+	// by exact request path, none of them also in Endpoints: a plain GET
+	// there passes the admission an upgrade does (CheckOrigin,
+	// CheckUpgrade, MaxConns, MaxAcceptRate) and the endpoint's Upgrade,
+	// and is answered 200 with Content-Type text/event-stream; the
+	// endpoint then writes events with Conn.Send (see Conn.Stream). An
+	// endpoint may be in both maps.
+	Streams map[string]Endpoint
+	// StreamRetry is the reconnection delay an event stream's "retry:"
+	// line asks an EventSource for. Default DefaultStreamRetry.
+	StreamRetry time.Duration
 	// MaxOutbound caps the bytes waiting to be sent to one connection; one
 	// that falls further behind is closed with 1008. Default
 	// DefaultMaxOutbound.
@@ -185,6 +197,9 @@ func (c *Config) setDefaults() {
 	if c.MaxOutbound <= 0 {
 		c.MaxOutbound = DefaultMaxOutbound
 	}
+	if c.StreamRetry <= 0 {
+		c.StreamRetry = DefaultStreamRetry
+	}
 	if c.MaxAcceptRate == 0 {
 		c.MaxAcceptRate = DefaultMaxAcceptRate
 	}
@@ -209,8 +224,10 @@ type Server struct {
 	upgrader codec.Upgrader
 	readers  sync.Pool // *reader: state of messages that span callbacks
 	epoch    time.Time // the zero of clock
-	// endpoints[i] serves the paths whose route is i+1.
+	// endpoints[i] serves the paths whose route is i+1, as event streams
+	// where streams[i] is set.
 	endpoints []Endpoint
+	streams   []bool
 	tickers   []Ticker // the endpoints that are Tickers
 	paths     map[string]uint8
 
@@ -293,21 +310,46 @@ func New(cfg Config) (*Server, error) {
 		}
 		endpoints[EchoPath] = echo{}
 	}
-	for _, path := range slices.Sorted(maps.Keys(endpoints)) {
-		if endpoints[path] == nil {
-			return nil, fmt.Errorf("engine: endpoint %q is nil", path)
+	for _, path := range slices.Sorted(maps.Keys(cfg.Streams)) {
+		if _, both := endpoints[path]; both {
+			return nil, fmt.Errorf("engine: %q is both a WebSocket endpoint and an event stream", path)
+		}
+	}
+	add := func(path string, e Endpoint, stream bool) error {
+		if e == nil {
+			return fmt.Errorf("engine: endpoint %q is nil", path)
 		}
 		if len(s.endpoints) == 255 {
-			return nil, errors.New("engine: more than 255 endpoints")
+			return errors.New("engine: more than 255 endpoints")
 		}
-		s.endpoints = append(s.endpoints, endpoints[path])
-		if t, ok := endpoints[path].(Ticker); ok {
+		s.endpoints = append(s.endpoints, e)
+		s.streams = append(s.streams, stream)
+		if t, ok := e.(Ticker); ok && !slices.ContainsFunc(s.tickers, func(x Ticker) bool { return sameTicker(x, t) }) {
 			s.tickers = append(s.tickers, t)
 		}
 		s.paths[path] = uint8(len(s.endpoints))
+		return nil
+	}
+	for _, path := range slices.Sorted(maps.Keys(endpoints)) {
+		if err := add(path, endpoints[path], false); err != nil {
+			return nil, err
+		}
+	}
+	for _, path := range slices.Sorted(maps.Keys(cfg.Streams)) {
+		if err := add(path, cfg.Streams[path], true); err != nil {
+			return nil, err
+		}
 	}
 	s.loops.Store(new([]*Loop))
 	return s, nil
+}
+
+// sameTicker reports whether a and b are one endpoint, which then ticks
+// once however many paths serve it. Endpoints of a type == cannot compare
+// are taken as different.
+func sameTicker(a, b Ticker) bool {
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	return ta == tb && ta.Comparable() && a == b
 }
 
 // selectProtocol picks the first offered token that is one of
@@ -432,7 +474,9 @@ func (s *Server) boundAddr() (string, error) {
 // Stats are the server's counters, summed over its loops.
 type Stats struct {
 	Open              int64  // TCP connections open now, in any state
-	Upgraded          int64  // WebSocket connections open now
+	Upgraded          int64  // WebSocket connections open now, event streams included
+	Streams           int64  // event streams open now
+	StreamsAccepted   uint64 // event streams opened since Start
 	Accepted          uint64 // TCP connections accepted since Start
 	SlowConsumers     uint64 // connections closed for falling behind
 	Pings             uint64 // pings sent to silent connections
@@ -449,6 +493,8 @@ func (s *Server) Stats() Stats {
 	for _, l := range *s.loops.Load() {
 		st.Open += l.stats.open.Load()
 		st.Accepted += l.stats.accepted.Load()
+		st.Streams += l.stats.streams.Load()
+		st.StreamsAccepted += l.stats.streamsAccepted.Load()
 		st.SlowConsumers += l.stats.slowConsumers.Load()
 		st.Pings += l.stats.pings.Load()
 		st.Reaped += l.stats.reaped.Load()

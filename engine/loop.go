@@ -116,6 +116,8 @@ type loopStats struct {
 	pings             atomic.Uint64
 	reaped            atomic.Uint64
 	handshakeTimeouts atomic.Uint64
+	streams           atomic.Int64 // event streams admitted and not closed
+	streamsAccepted   atomic.Uint64
 	inflated          atomic.Uint64
 	refused           [numRefusals]atomic.Uint64
 }

@@ -121,7 +121,13 @@ func (l *Loop) sweepOpen(now uint32) {
 			l.cursor++
 			continue
 		}
-		if c.pinged {
+		if c.Stream() {
+			// A stream's client sends nothing to answer with: its liveness
+			// is the heartbeat's write (the outbound cap, TCP_USER_TIMEOUT).
+			c.deadline = now + millis(l.s.cfg.PingInterval)
+			l.stats.pings.Add(1)
+			c.Send(heartbeat)
+		} else if c.pinged {
 			l.stats.reaped.Add(1)
 			l.s.log.Debug("closing unresponsive connection", "remote", c.gc.RemoteAddr())
 			_ = l.el.Close(c.gc) // a dead peer reads no close frame

@@ -160,8 +160,11 @@ func (h *herald) serveConnections(w http.ResponseWriter, r *http.Request) {
 	rows, err := engine.TopConns(ctx, h.srv, order, limit, func(c *engine.Conn, v engine.ConnView) connectionJSON {
 		d := h.hub.Describe(c)
 		format := "json"
-		if d.Raw {
+		switch {
+		case d.Raw:
 			format = "raw"
+		case d.SSE:
+			format = "sse"
 		}
 		if d.Channels == nil {
 			d.Channels = []string{}

@@ -44,6 +44,7 @@ func startBroadcast(b *testing.B, cfg engine.Config) *broadcastServer {
 	hub := push.New(push.Config{Bus: bus})
 	bus.Attach(hub)
 	cfg.Endpoints = map[string]engine.Endpoint{push.Path: hub.Endpoint()}
+	cfg.Streams = map[string]engine.Endpoint{push.StreamPath: hub.Endpoint()}
 	srv := enginetest.Start(b, cfg)
 	return &broadcastServer{srv: srv, hub: hub, bus: bus}
 }
@@ -60,7 +61,8 @@ func (s *broadcastServer) deliver(b *testing.B, channel string, payload []byte) 
 
 // sinkEnv makes the test binary a subscriber sink instead of running tests:
 // "ADDR N CHANNEL" opens N WebSocket connections subscribed to CHANNEL (to
-// CHANNEL formatted with the connection's number, if it has a %d),
+// CHANNEL formatted with the connection's number, if it has a %d), and
+// "ADDR N CHANNEL sse" N event streams (GET /sse) instead; it
 // prints "ready" once all are upgraded, and reads and discards until its
 // stdin closes. The benchmark runs it in a child process because one
 // process may hold only 20,000 open files, and each connection costs the
@@ -68,15 +70,24 @@ func (s *broadcastServer) deliver(b *testing.B, channel string, payload []byte) 
 const sinkEnv = "HERALD_TEST_SINK"
 
 func runSink(spec string) error {
-	var addr, channel string
-	var n int
-	if _, err := fmt.Sscan(spec, &addr, &n, &channel); err != nil {
+	fields := strings.Fields(spec)
+	if len(fields) < 3 {
+		return fmt.Errorf("spec %q: want ADDR N CHANNEL [sse]", spec)
+	}
+	addr, channel := fields[0], fields[2]
+	n, err := strconv.Atoi(fields[1])
+	if err != nil {
 		return fmt.Errorf("spec %q: %w", spec, err)
 	}
-	// A fourth word "deflate" offers permessage-deflate as browsers do; the
-	// sink discards what it reads, compressed or not.
+	// A fourth word "deflate" offers permessage-deflate as browsers do,
+	// "sse" opens event streams instead; the sink discards what it reads.
+	stream := len(fields) > 3 && fields[3] == "sse"
+	want := " 101 "
+	if stream {
+		want = " 200 "
+	}
 	extensions := ""
-	if f := strings.Fields(spec); len(f) > 3 && f[3] == "deflate" {
+	if len(fields) > 3 && fields[3] == "deflate" {
 		extensions = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 	}
 	conns := make([]net.Conn, 0, n)
@@ -87,6 +98,9 @@ func runSink(spec string) error {
 		}
 		request := "GET /ws?channel=" + name + " HTTP/1.1\r\nHost: sink\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extensions + "\r\n"
+		if stream {
+			request = "GET " + push.StreamPath + "?channel=" + name + " HTTP/1.1\r\nHost: sink\r\n\r\n"
+		}
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return err
@@ -104,7 +118,7 @@ func runSink(spec string) error {
 		upgraded.Add(1)
 		go func() {
 			r := bufio.NewReaderSize(c, 4096)
-			err := readUpgradeResponse(r)
+			err := readResponseHead(r, want)
 			upgraded.Done()
 			if err != nil {
 				errs <- err
@@ -124,10 +138,11 @@ func runSink(spec string) error {
 	return nil
 }
 
-// readUpgradeResponse reads an HTTP response head and checks it is a 101.
-func readUpgradeResponse(r *bufio.Reader) error {
+// readResponseHead reads an HTTP response head and checks its status
+// line has want (" 101 ").
+func readResponseHead(r *bufio.Reader, want string) error {
 	status, err := r.ReadString('\n')
-	if err != nil || !strings.Contains(status, " 101 ") {
+	if err != nil || !strings.Contains(status, want) {
 		return fmt.Errorf("upgrade: %q %v", status, err)
 	}
 	for line := ""; line != "\r\n"; {
@@ -141,8 +156,19 @@ func readUpgradeResponse(r *bufio.Reader) error {
 // startSink runs n subscribers to channel in a child process.
 func startSink(b *testing.B, addr string, n int, channel string) {
 	b.Helper()
+	startSinkSpec(b, addr+" "+strconv.Itoa(n)+" "+channel)
+}
+
+// startStreamSink is startSink with event streams (GET /sse).
+func startStreamSink(b *testing.B, addr string, n int, channel string) {
+	b.Helper()
+	startSinkSpec(b, addr+" "+strconv.Itoa(n)+" "+channel+" sse")
+}
+
+func startSinkSpec(b *testing.B, spec string) {
+	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), sinkEnv+"="+addr+" "+strconv.Itoa(n)+" "+channel)
+	cmd.Env = append(os.Environ(), sinkEnv+"="+spec)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -169,16 +195,25 @@ func startSink(b *testing.B, addr string, n int, channel string) {
 // message handed to the engine and written to every one of 10,000
 // subscribed sockets. Allocations are counted in this process only, which
 // holds the server; the subscribers live in a child process.
-func BenchmarkBroadcast(b *testing.B) { benchmarkBroadcast(b, false) }
+func BenchmarkBroadcast(b *testing.B) { benchmarkBroadcast(b, false, false) }
 
 // BenchmarkBroadcastSeq is BenchmarkBroadcast on a history channel: every
 // envelope carries its stream sequence, one more per message.
-func BenchmarkBroadcastSeq(b *testing.B) { benchmarkBroadcast(b, true) }
+func BenchmarkBroadcastSeq(b *testing.B) { benchmarkBroadcast(b, true, false) }
 
-func benchmarkBroadcast(b *testing.B, withSeq bool) {
+// BenchmarkBroadcastSSE is BenchmarkBroadcastSeq to event streams (GET
+// /sse): each message is an event with an id, formatted once for all of
+// them.
+func BenchmarkBroadcastSSE(b *testing.B) { benchmarkBroadcast(b, true, true) }
+
+func benchmarkBroadcast(b *testing.B, withSeq, sse bool) {
 	const subscribers = 10_000
 	h := startBroadcast(b, engine.Config{MaxOutbound: 64 << 20})
-	startSink(b, h.srv.Addr(), subscribers, "bench.hot")
+	if sse {
+		startStreamSink(b, h.srv.Addr(), subscribers, "bench.hot")
+	} else {
+		startSink(b, h.srv.Addr(), subscribers, "bench.hot")
+	}
 	seq := uint64(0)
 	ids := h.bus.IDs("bench.hot")
 	payload := []byte(`{"sym":"AAPL","px":187.25,"ts":1732180000000,"seq":123456789012}`)

@@ -25,6 +25,7 @@ type metrics struct {
 	latency                                                 *prometheus.Desc
 	authFailures, published, publishRefused                 *prometheus.Desc
 	expired                                                 *prometheus.Desc
+	sseOpen, sseAccepted                                    *prometheus.Desc
 	historyReads, historyInfos, historyTail, historyReplays *prometheus.Desc
 	historyGaps, historyRepaired                            *prometheus.Desc
 	compressed, compressedIn, compressedOut, inflated       *prometheus.Desc
@@ -38,7 +39,7 @@ func newMetrics(h *herald) *metrics {
 		h:                 h,
 		registry:          prometheus.NewRegistry(),
 		open:              desc("tcp_connections", "TCP connections open now, in any state."),
-		upgraded:          desc("connections", "WebSocket connections open now."),
+		upgraded:          desc("connections", "WebSocket connections open now, event streams (/sse) included."),
 		accepted:          desc("tcp_connections_total", "TCP connections accepted."),
 		channels:          desc("channels", "Distinct channels with a NATS subscription."),
 		deliveries:        desc("deliveries_total", "Messages written to subscribed sockets."),
@@ -58,6 +59,8 @@ func newMetrics(h *herald) *metrics {
 		published:         desc("client_publishes_total", "Client publishes handed to NATS."),
 		publishRefused:    desc("client_publishes_refused_total", "Client publishes refused, by in-band error code.", "code"),
 		expired:           desc("token_expired_closes_total", "Connections closed with 4001 because their token expired."),
+		sseOpen:           desc("sse_connections", "Event streams (GET /sse) open now; herald_connections counts them too."),
+		sseAccepted:       desc("sse_connections_total", "Event streams (GET /sse) opened."),
 		historyReads:      desc("history_reads_total", "Reads of a history stream's messages (a consumer and its fetches), for resumes, snapshots and gap repairs."),
 		historyInfos:      desc("history_info_calls_total", "Calls for a history stream's state before resumes; resumes that arrive during one share the next."),
 		historyTail:       desc("history_tail_hits_total", "Resumes answered from a channel's in-memory tail, without reading the stream."),
@@ -81,6 +84,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.open, m.upgraded, m.accepted, m.channels, m.deliveries, m.bytesOut, m.slowConsumers,
 		m.pings, m.reaped, m.handshakeTimeouts, m.refused, m.natsIn, m.natsDropped, m.natsReconnects,
 		m.natsUp, m.natsServer, m.latency, m.authFailures, m.published, m.publishRefused, m.expired,
+		m.sseOpen, m.sseAccepted,
 		m.historyReads, m.historyInfos, m.historyTail, m.historyReplays, m.historyGaps, m.historyRepaired,
 		m.compressed, m.compressedIn, m.compressedOut, m.inflated,
 	} {
@@ -101,6 +105,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.open, float64(st.Open))
 	gauge(m.upgraded, float64(st.Upgraded))
 	counter(m.accepted, st.Accepted)
+	gauge(m.sseOpen, float64(st.Streams))
+	counter(m.sseAccepted, st.StreamsAccepted)
 	gauge(m.channels, float64(ps.Channels))
 	counter(m.deliveries, ps.Deliveries)
 	counter(m.bytesOut, ps.BytesOut)

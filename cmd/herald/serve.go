@@ -46,7 +46,13 @@ wildcards prices.* and game.> allowed). They can also subscribe in band with
 {"op":"subscribe","channel":"NAME","id":"1"}. The 101 (for channels in the
 URL) and the ack (in band) come once NATS has the subscription; from then
 on every message on the channel arrives exactly once, overlapping wildcard
-patterns included. By default an embedded NATS server listens on
+patterns included. GET /sse?channel=NAME is the same as a Server-Sent
+Events stream (text/event-stream, for EventSource), the fallback for
+networks and proxies that break WebSocket: same query, permissions and
+limits (it counts in --max-conns), one event per message whose data is the
+envelope and whose id (EPOCH:SEQ on --history channels) a reconnecting
+EventSource sends back as Last-Event-ID to resume with nothing lost; a
+heartbeat comment every --ping-interval. By default an embedded NATS server listens on
 --nats-listen, so any NATS client can publish:
 herald pub prices.AAPL '{"px":187.2}'  or  nats pub prices.AAPL '{"px":187.2}'.
 Plain HTTP on the same port: GET / (the live demo page, see herald demo)
@@ -85,6 +91,8 @@ second signal exits at once.`, stderr)
 	pingInterval := fs.Duration("ping-interval", engine.DefaultPingInterval, "ping a WebSocket connection silent this long; keep it below your load balancer's idle timeout")
 	pongTimeout := fs.Duration("pong-timeout", engine.DefaultPongTimeout, "close a pinged connection that sends nothing within this time")
 	maxConns := fs.Int("max-conns", 0, "most open WebSocket connections; past it upgrades are answered 503 with Retry-After (default: the open-file limit less 64)")
+	sse := fs.Bool("sse", true, "serve GET /sse, the push protocol as Server-Sent Events (text/event-stream) for EventSource: the fallback where WebSocket upgrades break;\nsame query, permissions and limits as /ws; --sse=false answers it 404")
+	sseRetry := fs.Duration("sse-retry", engine.DefaultStreamRetry, "reconnection delay an /sse stream asks EventSource for (its retry: line); a stream turned away with 503 (draining, limits) is told Retry-After instead")
 	maxAcceptRate := fs.Int("max-accept-rate", engine.DefaultMaxAcceptRate, "most WebSocket upgrades per second, so a reconnect storm is turned away with 503 and Retry-After; 0 means no limit")
 	var origins originList
 	fs.Var(&origins, "allowed-origins", "comma-separated browser `origins` whose pages may connect, e.g. https://app.example.com,https://*.example.com; others get 403 (default: any origin; requests without an Origin header are always allowed)")
@@ -160,6 +168,7 @@ second signal exits at once.`, stderr)
 			MaxHeadSize:      int(*maxHead),
 			HandshakeTimeout: *handshakeTimeout,
 			PingInterval:     *pingInterval,
+			StreamRetry:      *sseRetry,
 			PongTimeout:      *pongTimeout,
 			MaxConns:         *maxConns,
 			MaxAcceptRate:    *maxAcceptRate,
@@ -180,6 +189,7 @@ second signal exits at once.`, stderr)
 		NATSWide:     splitList(*natsWide),
 		Admin:        *adminListen,
 		NoMetrics:    !*publicMetrics,
+		NoSSE:        !*sse,
 		History:      histCfg,
 		DataDir:      hist.storeDir(),
 	})
@@ -253,6 +263,8 @@ type heraldConfig struct {
 	Admin string
 	// NoMetrics keeps /metrics off the public port.
 	NoMetrics bool
+	// NoSSE leaves push.StreamPath unserved.
+	NoSSE bool
 	// History serves channel history from JetStream; nil for none. With
 	// the embedded NATS, JetStream keeps its files under DataDir.
 	History *history.Config
@@ -315,6 +327,9 @@ func startHerald(cfg heraldConfig) (*herald, error) {
 	cfg.Push.Logger = cfg.Engine.Logger
 	h.hub = push.New(cfg.Push)
 	cfg.Engine.Endpoints = map[string]engine.Endpoint{push.Path: h.hub.Endpoint()}
+	if !cfg.NoSSE {
+		cfg.Engine.Streams = map[string]engine.Endpoint{push.StreamPath: h.hub.Endpoint()}
+	}
 	h.metrics = newMetrics(h)
 	routes := map[string]engine.HTTPHandler{"/readyz": h.serveReady}
 	if !cfg.NoMetrics {

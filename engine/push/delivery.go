@@ -28,10 +28,13 @@ type delivery struct {
 	// subscribed or the message is under the threshold: those sockets then
 	// get the plain frame, which the extension allows.
 	jsonZ, rawZ *bytebufferpool.ByteBuffer
-	jsonAt      int       // where the frame starts in json.B
-	seq         uint64    // stream sequence on a history channel; 0 otherwise
-	arrived     time.Time // when the bus handed it over
-	refs        atomic.Int32
+	// sse is the message as an event for event streams (see sse.go); nil
+	// unless some subscriber is one.
+	sse     *bytebufferpool.ByteBuffer
+	jsonAt  int       // where the frame starts in json.B
+	seq     uint64    // stream sequence on a history channel; 0 otherwise
+	arrived time.Time // when the bus handed it over
+	refs    atomic.Int32
 }
 
 // frame returns the encoded frame for a subscriber's format, compressed
@@ -48,6 +51,21 @@ func (d *delivery) frame(raw, deflate bool) []byte {
 	return d.json.B[d.jsonAt:]
 }
 
+// variant returns the frame (or event) of variant v, nil when no
+// subscriber wanted that format as d was encoded.
+func (d *delivery) variant(v int) []byte {
+	switch {
+	case v == variantSSE:
+		if d.sse == nil {
+			return nil
+		}
+		return d.sse.B
+	case v&variantRaw != 0 && d.raw == nil:
+		return nil
+	}
+	return d.frame(v&variantRaw != 0, v&variantDeflate != 0)
+}
+
 // subjectString views the subject without copying; valid while d is.
 func (d *delivery) subjectString() string {
 	return unsafe.String(unsafe.SliceData(d.subject), len(d.subject))
@@ -60,7 +78,10 @@ func (h *Hub) recycle(d *delivery) {
 			bytebufferpool.Put(b)
 		}
 	}
-	d.json, d.raw, d.jsonZ, d.rawZ = nil, nil, nil, nil
+	if d.sse != nil {
+		h.events.Put(d.sse)
+	}
+	d.json, d.raw, d.jsonZ, d.rawZ, d.sse = nil, nil, nil, nil, nil
 	d.seq = 0
 	clear(d.patterns)
 	d.patterns = d.patterns[:0]
@@ -106,11 +127,12 @@ type loopState struct {
 	// Scratch space for a flush, reused.
 	run       []*delivery
 	groups    []group
-	joined    [4][]byte      // a topic's frames of one run, back to back, by variant (see variant)
-	multi     []*engine.Conn // sockets with several subscriptions touched by a run
+	joined    [numVariants][]byte // a topic's frames of one run, back to back, by variant (see variant)
+	multi     []*engine.Conn      // sockets with several subscriptions touched by a run
 	inMulti   map[*engine.Conn]struct{}
 	gather    []byte
 	replyBuf  []byte
+	sseBuf    []byte // a reply as an event
 	replayBuf []byte // a replay's frames
 	envBuf    []byte // one stored message's envelope
 }
@@ -295,26 +317,27 @@ func (l *loopState) deliver(run []*delivery) {
 func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 	// A delivery has a raw frame only if some subscriber wanted one when it
 	// was encoded; raw subscribers get those, which are all the messages
-	// published after they joined. Each of the four variants (format, and
-	// compressed or not) is joined at most once for the whole topic.
-	var frames [4][]byte
-	var counts [4]int
-	var built [4]bool
+	// published after they joined; the same goes for events. Each of the
+	// variants (format, and compressed or not) is joined at most once for
+	// the whole topic.
+	var frames [numVariants][]byte
+	var counts [numVariants]int
+	var built [numVariants]bool
 	variant := func(v int) {
 		built[v] = true
-		raw, deflate := v&variantRaw != 0, v&variantDeflate != 0
 		if len(ds) == 1 {
-			if !raw || ds[0].raw != nil {
-				frames[v], counts[v] = ds[0].frame(raw, deflate), 1
+			if f := ds[0].variant(v); f != nil {
+				frames[v], counts[v] = f, 1
 			}
 			return
 		}
 		buf := l.joined[v][:0]
 		for _, d := range ds {
-			if raw && d.raw == nil {
+			f := d.variant(v)
+			if f == nil {
 				continue
 			}
-			buf = append(buf, d.frame(raw, deflate)...)
+			buf = append(buf, f...)
 			counts[v]++
 		}
 		l.joined[v] = buf
@@ -338,7 +361,7 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 			}
 			continue
 		}
-		v := variantOf(isRaw(c), c.Deflate())
+		v := variantFor(c)
 		if !built[v] {
 			variant(v) // joined only for the formats the topic's members take
 		}
@@ -353,11 +376,22 @@ func (l *loopState) deliverGroup(t *topic, ds []*delivery) {
 	l.stats.bytesOut.Add(bytes)
 }
 
-// The variants of a delivery's frame, as bits.
+// The variants of a delivery's frame, as bits, and the event of event
+// streams, which are neither raw nor compressed.
 const (
 	variantRaw     = 1
 	variantDeflate = 2
+	variantSSE     = 4
+	numVariants    = 5
 )
+
+// variantFor is the variant c takes.
+func variantFor(c *engine.Conn) int {
+	if c.Stream() {
+		return variantSSE
+	}
+	return variantOf(isRaw(c), c.Deflate())
+}
 
 func variantOf(raw, deflate bool) int {
 	v := 0
@@ -384,10 +418,12 @@ func (l *loopState) deliverMulti(run []*delivery) {
 			continue
 		}
 		s := c.Session.(*session) // several subscriptions: always a session
+		v := variantFor(c)
 		buf := l.gather[:0]
 		n := 0
 		for _, d := range run {
-			if s.raw && d.raw == nil {
+			frame := d.variant(v)
+			if frame == nil {
 				continue
 			}
 			owner := s.owner(d.subjectString())
@@ -400,7 +436,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 					case !r.done:
 						// A socket too far behind is closed by hold, and
 						// gets nothing more.
-						l.hold(c, r, d.frame(s.raw, c.Deflate()), d.seq)
+						l.hold(c, r, frame, d.seq)
 						continue
 					case d.seq != 0 && d.seq <= r.through:
 						continue // the replay had it
@@ -409,7 +445,7 @@ func (l *loopState) deliverMulti(run []*delivery) {
 					}
 				}
 			}
-			buf = append(buf, d.frame(s.raw, c.Deflate())...)
+			buf = append(buf, frame...)
 			n++
 		}
 		if n > 0 && c.Send(buf) {

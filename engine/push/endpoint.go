@@ -42,7 +42,14 @@ type endpoint struct{ h *Hub }
 // that an RSA check or a JWKS fetch holds up nobody else.
 func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 	h := e.h
-	raw, token, err := h.checkQuery(req.RawQuery)
+	rawQuery := req.RawQuery
+	if c.Stream() {
+		var err error
+		if rawQuery, err = streamQuery(req); err != nil {
+			return err
+		}
+	}
+	raw, token, err := h.checkQuery(rawQuery)
 	if err != nil {
 		return err
 	}
@@ -54,7 +61,7 @@ func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 		}
 		if token != "" {
 			// The token and query outlive the request's buffer.
-			j := &job{kind: jobUpgrade, conn: c, loop: l, token: strings.Clone(token), query: bytes.Clone(req.RawQuery), raw: raw}
+			j := &job{kind: jobUpgrade, conn: c, loop: l, token: strings.Clone(token), query: bytes.Clone(rawQuery), raw: raw}
 			if !h.submit(j) {
 				return errVerifyBusy
 			}
@@ -66,18 +73,18 @@ func (e endpoint) Upgrade(c *engine.Conn, req *codec.Request) error {
 			return unauthorized("token required")
 		}
 	}
-	if err := h.checkChannels(req.RawQuery, nil); err != nil {
+	if err := h.checkChannels(rawQuery, nil); err != nil {
 		return err
 	}
 	if raw {
 		c.Session = &session{raw: true}
 	}
-	pending, err := l.subscribeQuery(c, req.RawQuery)
+	pending, err := l.subscribeQuery(c, rawQuery)
 	if err != nil {
 		l.forget(c) // refused: the engine forgets the socket, so must the hub
 		return err
 	}
-	l.resumeQuery(c, req.RawQuery)
+	l.resumeQuery(c, rawQuery)
 	if pending == 0 {
 		return nil
 	}
@@ -196,7 +203,7 @@ func (e endpoint) Opened(c *engine.Conn) {
 	b = append(b, `,"expires":`...)
 	b = strconv.AppendInt(b, expires, 10)
 	l.replyBuf = append(b, '}')
-	c.SendFrame(ws.OpText, l.replyBuf)
+	l.sendReply(c, l.replyBuf)
 }
 
 // Tick closes the loop's connections whose token expired.
@@ -314,7 +321,7 @@ func (l *loopState) reply(c *engine.Conn, op string, id []byte) {
 	b = strconv.AppendQuote(b, op)
 	b = appendID(b, id)
 	l.replyBuf = append(b, '}')
-	c.SendFrame(ws.OpText, l.replyBuf)
+	l.sendReply(c, l.replyBuf)
 }
 
 // replyError sends {"op":"error","id":id,"code":code,"message":message}.
@@ -331,7 +338,7 @@ func (l *loopState) replyError(c *engine.Conn, id []byte, err error) {
 	b = append(b, `,"message":`...)
 	b = appendJSONString(b, []byte(errorMessage(err)))
 	l.replyBuf = append(b, '}')
-	c.SendFrame(ws.OpText, l.replyBuf)
+	l.sendReply(c, l.replyBuf)
 }
 
 func appendID(b []byte, id []byte) []byte {

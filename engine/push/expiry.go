@@ -152,7 +152,7 @@ func (l *loopState) refreshVerified(j *job) {
 	b = append(b, `,"expires":`...)
 	b = strconv.AppendInt(b, id.expires, 10)
 	l.replyBuf = append(b, '}')
-	c.SendFrame(ws.OpText, l.replyBuf)
+	l.sendReply(c, l.replyBuf)
 	// Backwards: leaving moves the last subscription into the gap.
 	for k := s.subs.len() - 1; k >= 0; k-- {
 		pattern := s.subs.at(k).topic.pattern()
@@ -173,5 +173,5 @@ func (l *loopState) replyDropped(c *engine.Conn, pattern string, err error) {
 	b = append(b, `,"message":`...)
 	b = appendJSONString(b, []byte("no longer permitted: "+errorMessage(err)))
 	l.replyBuf = append(b, '}')
-	c.SendFrame(ws.OpText, l.replyBuf)
+	l.sendReply(c, l.replyBuf)
 }

@@ -231,12 +231,13 @@ func (l *loopState) replayed(j *job) {
 		if s.coveredByOther(r, m) {
 			continue
 		}
-		buf = l.appendStored(buf, s.raw, *m)
+		buf = l.appendStored(buf, formatOf(c), res.Epoch, *m)
 		n++
 	}
 	if !s.raw || r.id != nil {
 		// A raw socket's URL channels get no ack: it would read as data.
-		buf = codec.AppendFrame(buf, ws.OpText, l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true))
+		l.replyBuf = l.appendAck(l.replyBuf[:0], r.id, pattern, &res.Recovered, res.Epoch, true)
+		buf = appendReply(buf, c, l.replyBuf)
 	}
 	newer := false
 	start := 0
@@ -260,10 +261,10 @@ func (l *loopState) replayed(j *job) {
 	}
 }
 
-// appendStored appends a stored message as a frame in the socket's
-// format.
-func (l *loopState) appendStored(dst []byte, raw bool, m StoredMessage) []byte {
-	if raw {
+// appendStored appends a stored message as a frame (or event) in the
+// socket's format; epoch is its stream's, for an event's id.
+func (l *loopState) appendStored(dst []byte, f format, epoch string, m StoredMessage) []byte {
+	if f == formatRaw {
 		op := ws.OpText
 		if !utf8.Valid(m.Data) {
 			op = ws.OpBinary
@@ -272,6 +273,9 @@ func (l *loopState) appendStored(dst []byte, raw bool, m StoredMessage) []byte {
 	}
 	var at int
 	l.envBuf, at = appendEnvelopeFrame(l.envBuf[:0], m.Subject, m.Data, m.Seq)
+	if f == formatSSE {
+		return appendEvent(dst, l.envBuf[envelopeHeadroom:], epoch, m.Seq)
+	}
 	return append(dst, l.envBuf[at:]...)
 }
 
@@ -313,7 +317,7 @@ func (l *loopState) replySubscribed(c *engine.Conn, id []byte, pattern string) {
 		return
 	}
 	l.replyBuf = l.appendAck(l.replyBuf[:0], id, pattern, nil, epoch, true)
-	c.SendFrame(ws.OpText, l.replyBuf)
+	l.sendReply(c, l.replyBuf)
 }
 
 // urlResume reads since, epoch and last of an upgrade's query (checked

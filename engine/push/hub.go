@@ -48,8 +48,12 @@ import (
 	"github.com/herald-ws/herald/engine/push/auth"
 )
 
-// Path is where the push endpoint is served in the herald binary.
-const Path = "/ws"
+// Path is where the push endpoint is served in the herald binary, and
+// StreamPath where it is served as an event stream (see sse.go).
+const (
+	Path       = "/ws"
+	StreamPath = "/sse"
+)
 
 // DefaultMaxChannels is Config.MaxChannels's default.
 const DefaultMaxChannels = 128
@@ -186,6 +190,11 @@ type Hub struct {
 	// loops[i] is loop i's state, made by that loop on its first socket.
 	loops [engine.MaxLoops]atomic.Pointer[loopState]
 	free  sync.Pool // *delivery
+	// events holds the buffers of deliveries' events. A pool of their own:
+	// bytebufferpool drops buffers past the sizes most of a pool's are,
+	// and events are longer than the envelopes that fill the shared pool,
+	// so there every one would be dropped and made again.
+	events bytebufferpool.Pool
 
 	// permessage-deflate: messages are compressed once, in Message, for
 	// every socket that negotiated it (see delivery.compressed).
@@ -215,6 +224,7 @@ type hubChannel struct {
 	waiting uint64       // loops not yet told the channel is live
 	live    bool         // the bus confirmed the subscription
 	raw     atomic.Int32 // subscribers that want bare payloads, over all loops
+	sse     atomic.Int32 // subscribers on event streams, over all loops
 	deflate atomic.Int32 // subscribers that take shared compressed frames (Conn.Deflate)
 }
 
@@ -384,10 +394,11 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 	// encoding and compressing happen outside it: a loop that joins a
 	// channel takes the lock, and must not wait for a compression.
 	h.mu.RLock()
-	raw, compress := false, false
+	raw, sse, compress := false, false, false
 	for _, id := range subs {
 		if ch := h.byID[id]; ch != nil && ch.live {
 			raw = raw || ch.raw.Load() > 0
+			sse = sse || ch.sse.Load() > 0
 			compress = compress || ch.deflate.Load() > 0
 		}
 	}
@@ -399,6 +410,14 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 			op = ws.OpBinary
 		}
 		d.raw.B = codec.AppendFrame(d.raw.B[:0], op, data)
+	}
+	if sse {
+		var epoch string
+		if seq > 0 {
+			epoch, _ = h.historyOf(subject)
+		}
+		d.sse = h.events.Get()
+		d.sse.B = appendEvent(d.sse.B[:0], d.json.B[envelopeHeadroom:], epoch, seq)
 	}
 	if compress {
 		h.compress(d, raw)

@@ -18,12 +18,13 @@ type ConnDescription struct {
 	User     string   // its token's subject; "" when anonymous
 	Channels []string // the channels it follows, pending ones included
 	Raw      bool     // bare payloads instead of envelopes
+	SSE      bool     // an event stream (GET /sse), not a WebSocket
 }
 
 // Describe says who c is and what it follows. Call it on c's loop only, as
 // engine.TopConns calls its describe function.
 func (h *Hub) Describe(c *engine.Conn) ConnDescription {
-	d := ConnDescription{Client: h.clientID(c), Raw: isRaw(c)}
+	d := ConnDescription{Client: h.clientID(c), Raw: isRaw(c), SSE: c.Stream()}
 	if id := identityOf(c); id != nil {
 		d.User = id.user
 	}

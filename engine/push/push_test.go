@@ -36,6 +36,7 @@ func startPush(t testing.TB, ecfg engine.Config, pcfg push.Config, autoLive bool
 	hub := push.New(pcfg)
 	bus.Attach(hub)
 	ecfg.Endpoints = map[string]engine.Endpoint{push.Path: hub.Endpoint()}
+	ecfg.Streams = map[string]engine.Endpoint{push.StreamPath: hub.Endpoint()}
 	srv := enginetest.Start(t, ecfg)
 	return &testServer{addr: srv.Addr(), hub: hub, bus: bus}
 }

@@ -153,8 +153,11 @@ func (l *loopState) subscribe(c *engine.Conn, pattern string) (added, pending bo
 		t = &topic{channel: l.hub.join(l, pattern)}
 		l.topic[t.pattern()] = t
 	}
-	if isRaw(c) {
+	switch formatOf(c) {
+	case formatRaw:
 		t.channel.raw.Add(1)
+	case formatSSE:
+		t.channel.sse.Add(1)
 	}
 	if c.Deflate() {
 		t.channel.deflate.Add(1)
@@ -217,8 +220,11 @@ func (l *loopState) leave(c *engine.Conn, k int) {
 	}
 	t.members[last] = nil
 	t.members = t.members[:last]
-	if isRaw(c) {
+	switch formatOf(c) {
+	case formatRaw:
 		t.channel.raw.Add(-1)
+	case formatSSE:
+		t.channel.sse.Add(-1)
 	}
 	if c.Deflate() {
 		t.channel.deflate.Add(-1)
