@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -164,7 +165,7 @@ type loopState struct {
 	// permessage-deflate: the loop's inflater and its output, and the
 	// bytes of data frames on the wire and uncompressed.
 	inflater         *deflate.Inflater
-	inflated         []byte
+	inflated         inflateCache
 	wire, plain, zip uint64
 	rng              *rand.Rand
 	buf              []byte // scratch: upgrade requests, pongs, accept keys
@@ -891,14 +892,10 @@ func (c *conn) readFrames(now time.Time) gnet.Action {
 			}
 			l.wire += uint64(total)
 			if h.Rsv == codec.RSV1 {
-				if l.inflater == nil {
-					l.inflater = deflate.NewInflater()
-				}
-				if l.inflated, err = l.inflater.Inflate(l.inflated[:0], payload, maxFrame); err != nil {
+				if payload, err = l.inflate(payload); err != nil {
 					c.reason = "protocol error: " + err.Error()
 					return gnet.Close
 				}
-				payload = l.inflated
 				l.zip++
 			}
 			l.plain += uint64(len(codec.AppendHeader(l.hdr[:0], h.OpCode, true, len(payload))) + len(payload))
@@ -925,6 +922,56 @@ func (c *conn) readFrames(now time.Time) gnet.Action {
 		_, _ = c.gc.Discard(int(total))
 	}
 }
+
+// inflate returns the inflation of a compressed message. Herald sends
+// every socket the same compressed bytes for a message, so the loop keeps
+// what it inflated last, keyed by the compressed bytes themselves (equal,
+// not just of equal hash): inflating each copy would cost the client
+// several times the CPU the server spends sending it, and the client would
+// measure itself.
+func (l *loopState) inflate(z []byte) ([]byte, error) {
+	c := &l.inflated
+	if c.index == nil {
+		c.index = make(map[uint64]int, inflateCacheSize)
+		c.seed = maphash.MakeSeed()
+		c.entries = make([]inflateEntry, inflateCacheSize)
+		l.inflater = deflate.NewInflater()
+	}
+	sum := maphash.Bytes(c.seed, z)
+	if i, ok := c.index[sum]; ok && bytes.Equal(c.entries[i].z, z) {
+		return c.entries[i].plain, nil
+	}
+	e := &c.entries[c.next]
+	if e.z != nil {
+		delete(c.index, e.sum)
+	}
+	plain, err := l.inflater.Inflate(e.plain[:0], z, maxFrame)
+	if err != nil {
+		e.z, e.plain = nil, plain[:0]
+		return nil, err
+	}
+	e.z, e.plain, e.sum = append(e.z[:0], z...), plain, sum
+	c.index[sum] = c.next
+	c.next = (c.next + 1) % len(c.entries)
+	return plain, nil
+}
+
+// inflateCache holds the loop's last inflateCacheSize inflated messages.
+type inflateCache struct {
+	index   map[uint64]int // hash of the compressed bytes -> entry
+	seed    maphash.Seed
+	entries []inflateEntry
+	next    int // the entry to reuse next
+}
+
+type inflateEntry struct {
+	sum      uint64
+	z, plain []byte
+}
+
+// inflateCacheSize covers a burst's messages in flight on one loop, whose
+// sockets are at different points of the burst.
+const inflateCacheSize = 1024
 
 func (l *loopState) mask() [4]byte {
 	v := l.rng.Uint32()

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/herald-ws/herald/engine"
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/engine/push"
@@ -102,5 +104,57 @@ func TestServeCompressionFlags(t *testing.T) {
 		if code == 0 || !strings.Contains(out.String(), tt.want) {
 			t.Errorf("serve %v: exit %d, output %q, want an error with %q", tt.args, code, out.String(), tt.want)
 		}
+	}
+}
+
+// /metrics counts one compression per message and format, whatever the
+// number of deflate sockets, its bytes before and after, and the
+// compressed messages clients sent.
+func TestCompressionMetrics(t *testing.T) {
+	h := startTestHerald(t, heraldConfig{Engine: engine.Config{Compression: true}})
+	d := websocket.Dialer{EnableCompression: true, HandshakeTimeout: 10 * time.Second}
+	var readers []*websocket.Conn
+	for range 5 {
+		conn, resp, err := d.Dial("ws://"+h.srv.Addr()+"/ws?channel=zipped", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if !strings.HasPrefix(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+			t.Fatalf("deflate not agreed: %q", resp.Header.Get("Sec-WebSocket-Extensions"))
+		}
+		expectConnected(t, conn)
+		readers = append(readers, conn)
+	}
+	settle(t, h)
+	data := []byte(`{"levels":[` + strings.Repeat(`{"px":187.25,"qty":300},`, 80) + `{}]}`)
+	if err := publisher(t, h).Publish("zipped", data); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range readers {
+		if e := readEnvelope(t, r); e.Channel != "zipped" || string(e.Data) != string(data) {
+			t.Fatalf("envelope %+v", e)
+		}
+	}
+	// A compressed command: gorilla compresses every message it writes.
+	readers[0].EnableWriteCompression(true)
+	if err := readers[0].WriteMessage(websocket.TextMessage, []byte(`{"op":"ping","id":"`+strings.Repeat("1", 500)+`"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = readers[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, p, err := readers[0].ReadMessage(); err != nil || !strings.Contains(string(p), `"op":"pong"`) {
+		t.Fatalf("ping answered %q, %v", p, err)
+	}
+	envelope := len(`{"channel":"zipped","data":}`) + len(data)
+	m := scrape(t, h.srv.Addr())
+	if got := metricValue(t, m, "herald_compressed_messages_total"); got != 1 {
+		t.Errorf("herald_compressed_messages_total = %v for one message to 5 deflate sockets, want 1", got)
+	}
+	in, out := metricValue(t, m, "herald_compression_bytes_in_total"), metricValue(t, m, "herald_compression_bytes_out_total")
+	if in != float64(envelope) || out <= 0 || out*3 > in {
+		t.Errorf("compression bytes in %v (want %d), out %v", in, envelope, out)
+	}
+	if got := metricValue(t, m, "herald_inflated_messages_total"); got != 1 {
+		t.Errorf("herald_inflated_messages_total = %v, want 1", got)
 	}
 }

@@ -350,7 +350,10 @@ func TestBadSubscriptionRefusedBeforeUpgrade(t *testing.T) {
 // A subscriber that never reads is cut at the outbound cap with 1008 while
 // the others keep receiving.
 func TestSlowConsumerIsCutOthersKeepReceiving(t *testing.T) {
-	h := startTestHerald(t, heraldConfig{Engine: engine.Config{MaxOutbound: 256 << 10}})
+	// The cut socket lingers until it has drained or CloseTimeout passes;
+	// the test reads it only after twenty more batches, which on a loaded
+	// machine can take longer than the default 3 s.
+	h := startTestHerald(t, heraldConfig{Engine: engine.Config{MaxOutbound: 256 << 10, CloseTimeout: time.Minute}})
 	// A raw socket with a tiny receive buffer that is never read.
 	stalled, err := net.Dial("tcp", h.srv.Addr())
 	if err != nil {

@@ -391,25 +391,19 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 	d.json.B, d.jsonAt = appendEnvelopeFrame(d.json.B[:0], subject, data, seq)
 	d.seq = seq
 	d.subject = append(d.subject[:0], subject...)
+	// Which formats the message needs is read under the lock, but the
+	// encoding and compressing happen outside it: a loop that joins a
+	// channel takes the lock, and must not wait for a compression.
 	h.mu.RLock()
-	var mask uint64
 	raw, sse, compress := false, false, false
 	for _, id := range subs {
-		ch := h.byID[id]
-		if ch == nil || !ch.live {
-			continue // not confirmed: its sockets have not been told yet
+		if ch := h.byID[id]; ch != nil && ch.live {
+			raw = raw || ch.raw.Load() > 0
+			sse = sse || ch.sse.Load() > 0
+			compress = compress || ch.deflate.Load() > 0
 		}
-		mask |= ch.loops
-		raw = raw || ch.raw.Load() > 0
-		sse = sse || ch.sse.Load() > 0
-		compress = compress || ch.deflate.Load() > 0
-		d.patterns = append(d.patterns, ch.pattern)
 	}
-	if mask == 0 {
-		h.mu.RUnlock()
-		h.recycle(d)
-		return
-	}
+	h.mu.RUnlock()
 	if raw {
 		d.raw = bytebufferpool.Get()
 		op := ws.OpText
@@ -428,6 +422,21 @@ func (h *Hub) MessageSeq(subject string, data []byte, subs []uint64, seq uint64)
 	}
 	if compress {
 		h.compress(d, raw)
+	}
+	h.mu.RLock()
+	var mask uint64
+	for _, id := range subs {
+		ch := h.byID[id]
+		if ch == nil || !ch.live {
+			continue // not confirmed: its sockets have not been told yet
+		}
+		mask |= ch.loops
+		d.patterns = append(d.patterns, ch.pattern)
+	}
+	if mask == 0 {
+		h.mu.RUnlock()
+		h.recycle(d)
+		return
 	}
 	d.refs.Store(int32(bits.OnesCount64(mask)))
 	// Posted under the lock, so that a loop joining a live channel hears of
