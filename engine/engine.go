@@ -294,7 +294,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("engine: %d subprotocols, more than %d", len(cfg.Subprotocols), MaxSubprotocols)
 	}
 	for _, p := range cfg.Subprotocols {
-		if !validToken(p) {
+		if !ValidSubprotocol(p) {
 			return nil, fmt.Errorf("engine: subprotocol %q is not an HTTP token", p)
 		}
 	}
@@ -380,9 +380,9 @@ func (s *Server) protocolIndex(name []byte) uint8 {
 	return 0
 }
 
-// validToken reports whether p is an RFC 9110 token, which a subprotocol
+// ValidSubprotocol reports whether p is an RFC 9110 token, which a subprotocol
 // name must be (RFC 6455 section 4.1).
-func validToken(p string) bool {
+func ValidSubprotocol(p string) bool {
 	if p == "" {
 		return false
 	}

@@ -122,7 +122,7 @@ second signal exits at once.`, stderr)
 	}
 	protocols := []string{push.SubprotocolJSON, push.SubprotocolRaw}
 	for _, p := range splitList(*subprotocols) {
-		if !validSubprotocol(p) {
+		if !engine.ValidSubprotocol(p) {
 			return fmt.Errorf("--subprotocols: %q is not a valid subprotocol name (an HTTP token)", p)
 		}
 		if !slices.Contains(protocols, p) {
@@ -231,21 +231,6 @@ second signal exits at once.`, stderr)
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// validSubprotocol reports whether p is an RFC 9110 token, which RFC 6455
-// requires of a subprotocol name.
-func validSubprotocol(p string) bool {
-	if p == "" {
-		return false
-	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // heraldConfig is everything a running Herald is made of.
