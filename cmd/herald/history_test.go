@@ -350,22 +350,7 @@ func TestHistoryResumeAfterKill9(t *testing.T) {
 	args := []string{"--history", "chat.>", "--data-dir", dir}
 	cmd, _, natsURL := startHeraldProcessAt(t, addr, natsAddr, args...)
 
-	publish := func(from, to int) {
-		t.Helper()
-		nc, err := nats.Connect(natsURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
-		for i := from; i <= to; i++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if _, err := js.Publish(ctx, "chat.k", []byte(strconv.Itoa(i))); err != nil {
-				t.Fatalf("publish %d: %v", i, err)
-			}
-			cancel()
-		}
-	}
+	publish := func(from, to int) { publishNumbered(t, natsURL, "chat.k", from, to) }
 	sub := startSub(t, subConfig{URL: "ws://" + addr + "/ws", Channels: []string{"chat.k"},
 		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 300 * time.Millisecond})
 	waitOutput(t, &sub.stderr, "subscribed to chat.k\n", 20*time.Second)
@@ -699,6 +684,26 @@ func TestHistoryFlagErrors(t *testing.T) {
 		args := append([]string{"serve", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:-1", "--data-dir", dir, "--log-level", "error"}, tt.args...)
 		if code := run(args, &stderr, &stderr); code == 0 || !strings.Contains(stderr.String(), tt.want) {
 			t.Errorf("%v: exit %d, stderr %q; want a failure saying %q", tt.args, code, stderr.String(), tt.want)
+		}
+	}
+}
+
+// publishNumbered publishes from..to, each its own number as text, on
+// subject through JetStream, so that each is stored before the next.
+func publishNumbered(t *testing.T, natsURL, subject string, from, to int) {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for i := from; i <= to; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := js.Publish(ctx, subject, []byte(strconv.Itoa(i)))
+		cancel()
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
 }

@@ -8,14 +8,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herald-ws/herald/engine/enginetest"
 	"github.com/herald-ws/herald/pubsub/history"
@@ -203,22 +199,7 @@ func TestSSEInBrowserSurvivesRestart(t *testing.T) {
 	// that it gets them from the replay (the test holds either way).
 	args := []string{"--history", "chat.>", "--data-dir", dir, "--sse-retry", "3s", "--drain-timeout", "500ms"}
 	cmd, _, natsURL := startHeraldProcessAt(t, addr, natsAddr, args...)
-	publish := func(natsURL string, from, to int) {
-		t.Helper()
-		nc, err := nats.Connect(natsURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
-		for i := from; i <= to; i++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if _, err := js.Publish(ctx, "chat.k", []byte(strconv.Itoa(i))); err != nil {
-				t.Fatalf("publish %d: %v", i, err)
-			}
-			cancel()
-		}
-	}
+	publish := func(natsURL string, from, to int) { publishNumbered(t, natsURL, "chat.k", from, to) }
 	pages := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprintf(w, sseRestartPage, "http://"+addr+"/sse?channel=chat.k")
