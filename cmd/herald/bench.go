@@ -66,7 +66,7 @@ Scenarios:
            the drop until every dropped connection is back, and reports for
            each phase their delivered %, missing, duplicated and p50/p99
            latency: what a storm costs the clients that are not part of it.
-           --resume puts the connections on history channels (serve with
+           --history puts the connections on history channels (serve with
            --history 'bench.>'): the bench publishes to them at --rate from a
            second before the drop until every one is back, each reconnects
            with since= the last sequence it received, and the bench reports
@@ -123,7 +123,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Writers, "floor-writers", 1, "floor: threads writing at once, each to its share of the sockets (match the server's --loops to compare like with like)")
 	size := sizeFlag(fs, "size", 64, "fanout: payload size in bytes, e.g. 64, 1KiB")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "fanout, floor: messages per second over all channels; 0 publishes as fast as possible; storm: to the receivers (0 means 100)")
-	fs.BoolVar(&cfg.Resume, "resume", false, "storm: the connections resume on history channels (serve with --history 'PREFIX.>' and a --history-size that holds the storm's messages): published to at --rate (0 means 100) from a second before the drop until all are back, each reconnects with since= its last sequence; reports missing and duplicated (both must be 0), when all had caught up, and the server's stream reads")
+	fs.BoolVar(&cfg.Resume, "history", false, "storm: the connections resume on history channels (serve with --history 'PREFIX.>' and a --history-size that holds the storm's messages): published to at --rate (0 means 100) from a second before the drop until all are back, each reconnects with since= its last sequence; reports missing and duplicated (both must be 0), when all had caught up, and the server's stream reads")
 	fs.IntVar(&cfg.Receivers, "receivers", 0, "storm: `N` more connections, on a channel of their own, that stay up through the storm and are published to at --rate, before it and during it")
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "fanout, storm with --receivers: `URL` of the NATS server Herald listens to")
 	serverPIDs := fs.String("server-pid", "", "the server's process `id`, for its memory and CPU time from /proc; several, comma-separated, for processes sharing a port (--reuseport), summed; none tries its /metrics")
