@@ -210,6 +210,16 @@ func (b *Broker) Channels() int {
 	return len(b.subs)
 }
 
+// Subscribed reports whether subscription id exists: subscribed, not yet
+// unsubscribed, and not answered with an error. It takes the lock that
+// Subscribe and Unsubscribe take, and never calls nats.go.
+func (b *Broker) Subscribed(id uint64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.subs[id]
+	return ok
+}
+
 // NATSSubscriptions returns the number of NATS subscriptions the broker
 // holds in nats.go: one per subscription outside the wide patterns that the
 // worker has made and not yet ended, and one per wide pattern with members

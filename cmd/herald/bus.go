@@ -24,15 +24,17 @@ func (b natsBus) Subscribe(id uint64, pattern string) {
 		b.Broker.Subscribe(id, pattern)
 		return
 	}
-	b.history.Subscribed(id, pattern)
 	b.Broker.Subscribe(id, b.history.Subject(pattern))
 }
 
+// Unsubscribe ends the subscription in the broker first and drops its
+// history tail after: the history makes a tail only for a subscription
+// the broker still has, so none outlives it (history.Store.tailFor).
 func (b natsBus) Unsubscribe(id uint64) {
+	b.Broker.Unsubscribe(id)
 	if b.history != nil {
 		b.history.Unsubscribed(id)
 	}
-	b.Broker.Unsubscribe(id)
 }
 
 // The headers of a client publish.

@@ -86,6 +86,7 @@ func (h *herald) openHistory(cfg history.Config) error {
 		st := h.broker.Stats()
 		return st.Disconnects + st.Dropped
 	}
+	cfg.Subscribed = h.broker.Subscribed
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	store, err := history.Open(ctx, h.broker.Conn(), cfg)
@@ -120,7 +121,7 @@ func (hh hubHistory) Epoch(pattern string) (string, bool) {
 
 func (hh hubHistory) Replay(req push.HistoryRequest, done func(push.HistoryResult)) {
 	hh.s.Replay(history.Request{
-		Pattern: req.Pattern, Resume: req.Resume, Since: req.Since, Epoch: req.Epoch, Snapshot: req.Snapshot,
+		Channel: req.Channel, Pattern: req.Pattern, Resume: req.Resume, Since: req.Since, Epoch: req.Epoch, Snapshot: req.Snapshot,
 	}, func(res history.Result) {
 		out := push.HistoryResult{Through: res.Through, Recovered: res.Recovered, Epoch: res.Epoch, Err: res.Err}
 		if len(res.Msgs) > 0 {

@@ -353,9 +353,6 @@ func (h *herald) Message(subject string, data []byte, subs []uint64) {
 	h.hub.Message(subject, data, subs)
 }
 func (h *herald) Live(id uint64, err error) {
-	if h.history != nil {
-		h.history.Live(id, err) // its tail first: the hub's loops may ask it at once
-	}
 	h.hub.Live(id, err)
 }
 

@@ -29,7 +29,11 @@ type History interface {
 // HistoryRequest asks for a channel's stored messages: with Resume, every
 // one after Since (a sequence of the stream with epoch Epoch, if given);
 // with Snapshot, the latest of every subject the pattern matches.
+// Channel is the id the hub subscribed Pattern under (Bus.Subscribe), live
+// when the request is made: the history may keep what that subscription
+// carries to answer the next resumes without a read.
 type HistoryRequest struct {
+	Channel  uint64
 	Pattern  string
 	Resume   bool
 	Since    uint64
@@ -153,7 +157,7 @@ func (l *loopState) addResume(c *engine.Conn, t *topic, id []byte, req HistoryRe
 		l.releaseHeld(c, s, old)
 		s.dropResume(old)
 	}
-	req.Pattern = t.pattern()
+	req.Pattern, req.Channel = t.pattern(), t.channel.id
 	r := &resume{topic: t, id: id, req: req}
 	s.resumes = append(s.resumes, r)
 	return r

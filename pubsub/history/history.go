@@ -96,8 +96,15 @@ type Config struct {
 	// Drops counts what NATS may have lost on Herald's connection so far
 	// (reconnects, pending-limit drops): a tail filled while it changed is
 	// not trusted to be complete. nil counts nothing.
-	Drops  func() uint64
-	Logger *slog.Logger
+	Drops func() uint64
+	// Subscribed reports whether the bus still has subscription id
+	// (pubsub.Broker.Subscribed): a channel's tail is made only when it
+	// needs one, and only for a subscription that has not ended, so that
+	// a message or a read under way when it ended leaves no tail behind.
+	// nil takes every id as subscribed (for a caller whose ids never
+	// end).
+	Subscribed func(id uint64) bool
+	Logger     *slog.Logger
 }
 
 // Msg is a stored message.
@@ -110,7 +117,11 @@ type Msg struct {
 // Request asks for a channel's history: with Resume, every stored
 // message on Pattern after Since (of the stream with epoch Epoch, if
 // given); with Snapshot, the latest message of every subject it matches.
+// Channel is the id of the live bus subscription to Pattern (0: none): a
+// resume is answered from its tail when that covers Since, and a read
+// for it makes the tail complete, so that the next resumes need none.
 type Request struct {
+	Channel  uint64
 	Pattern  string
 	Resume   bool
 	Since    uint64
@@ -140,6 +151,7 @@ type Stats struct {
 	Replays  uint64 // requests answered
 	Repaired uint64 // messages fetched from a stream to fill a gap NATS left
 	Gaps     uint64 // gaps found in what NATS delivered
+	Tails    int    // channels holding a tail now: those that had a message or a resume, never an idle one
 }
 
 // Stream is one stream serving history.
@@ -185,10 +197,9 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 
-	mu        sync.Mutex
-	tails     map[uint64]*tail // by bus subscription id
-	byPattern map[string]*tail
-	flights   map[flightKey]*flight
+	mu      sync.Mutex
+	tails   map[uint64]*tail // by bus subscription id; only channels that had a message or a resume
+	flights map[flightKey]*flight
 
 	jobs    chan *job
 	ctx     context.Context
@@ -228,6 +239,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.Drops == nil {
 		cfg.Drops = func() uint64 { return 0 }
 	}
+	if cfg.Subscribed == nil {
+		cfg.Subscribed = func(uint64) bool { return true }
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -238,10 +252,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	}
 	s := &Store{
 		js: js, cfg: cfg, log: log,
-		tails:     make(map[uint64]*tail),
-		byPattern: make(map[string]*tail),
-		flights:   make(map[flightKey]*flight),
-		jobs:      make(chan *job, queueSize),
+		tails:   make(map[uint64]*tail),
+		flights: make(map[flightKey]*flight),
+		jobs:    make(chan *job, queueSize),
 	}
 	if len(cfg.Subjects) > 0 {
 		st, err := s.manage(ctx)
@@ -407,7 +420,10 @@ func (s *Store) Subject(pattern string) string {
 
 // Stats reads the counters.
 func (s *Store) Stats() Stats {
-	return Stats{
+	s.mu.Lock()
+	tails := len(s.tails)
+	s.mu.Unlock()
+	return Stats{Tails: tails,
 		Reads: s.reads.Load(), Infos: s.infos.Load(), TailHits: s.tailHits.Load(), Replays: s.replays.Load(),
 		Repaired: s.repaired.Load(), Gaps: s.gaps.Load(),
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/herald-ws/herald/pubsub/history"
 )
 
-// relay is the broker's handler in these tests, as Herald's is: Live and
+// relay is the broker's handler in these tests, as Herald's is:
 // republished messages go through the store, and what the store passes
 // on is recorded. drop, when set, loses a republished message before the
 // store sees it: a bus drop, as pending limits or a reconnect make.
@@ -32,10 +32,7 @@ type relay struct {
 
 func (r *relay) Message(string, []byte, []uint64) {}
 
-func (r *relay) Live(id uint64, err error) {
-	r.store.Load().Live(id, err)
-	r.lives <- err
-}
+func (r *relay) Live(id uint64, err error) { r.lives <- err }
 
 func (r *relay) Republished(subject string, data []byte, subs []uint64, seq, last uint64) {
 	if r.drop != nil && r.drop(seq) {
@@ -70,8 +67,9 @@ func setup(t testing.TB, r *relay, channel string, subjects ...string) (*history
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, err := history.Open(ctx, b.Conn(), history.Config{Subjects: subjects, Memory: true, Size: 100,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Drops:  func() uint64 { st := b.Stats(); return st.Dropped + st.Disconnects }})
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Drops:      func() uint64 { st := b.Stats(); return st.Dropped + st.Disconnects },
+		Subscribed: b.Subscribed})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +93,6 @@ func setup(t testing.TB, r *relay, channel string, subjects ...string) (*history
 // does, and waits for its Live.
 func subscribe(t testing.TB, r *relay, s *history.Store, b *pubsub.Broker, id uint64, channel string) {
 	t.Helper()
-	s.Subscribed(id, channel)
 	b.Subscribe(id, s.Subject(channel))
 	select {
 	case err := <-r.lives:
@@ -150,8 +147,8 @@ func TestGapRepairedFromTheStream(t *testing.T) {
 
 	// What was published while nobody here followed the channel is no gap
 	// of a new subscription: it starts live.
-	s.Unsubscribed(1)
 	b.Unsubscribe(1)
+	s.Unsubscribed(1)
 	publish(t, js, "gap.a", "8", "gap.a", "9")
 	subscribe(t, r, s, b, 2, "gap.a")
 	publish(t, js, "gap.a", "10")
@@ -166,37 +163,127 @@ func TestGapRepairedFromTheStream(t *testing.T) {
 // same position. The stream is read once per distinct position at most
 // (concurrent identical reads are shared, and once a read has made the
 // channel's tail complete the tail answers), and the stream's state is
-// asked for by far fewer calls than resumes.
+// asked for by far fewer calls than resumes. That holds for a channel
+// that had live messages (it has a tail already) as for one idle since it
+// was subscribed, which has none until the first read makes it.
 func TestStormReadsTheStreamOnce(t *testing.T) {
-	r := &relay{}
-	s, js, _ := setup(t, r, "storm.a", "storm.>")
-	for i := 1; i <= 20; i++ {
-		publish(t, js, "storm.a", fmt.Sprint(i))
-	}
-	waitFor(t, "the messages live", func() bool { return len(r.passed()) == 20 })
-	const clients = 19_000
-	var wg sync.WaitGroup
-	var bad atomic.Int32
-	var first atomic.Value
-	wg.Add(clients)
-	for i := range clients {
-		since := uint64(10 + i%3) // about the same position
-		go s.Replay(history.Request{Pattern: "storm.a", Resume: true, Since: since}, func(res history.Result) {
-			defer wg.Done()
-			if res.Err != nil || !res.Recovered || len(res.Msgs) != int(20-since) || res.Msgs[0].Seq != since+1 {
-				bad.Add(1)
-				first.CompareAndSwap(nil, fmt.Sprintf("since %d: %d msgs, recovered %v, err %v", since, len(res.Msgs), res.Recovered, res.Err))
+	for _, tc := range []struct {
+		name string
+		idle bool // the messages were stored before the channel was subscribed
+	}{
+		{"live", false},
+		{"idle", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &relay{}
+			s, js, b := setup(t, r, "storm.other", "storm.>")
+			if !tc.idle {
+				subscribe(t, r, s, b, 2, "storm.a")
+			}
+			for i := 1; i <= 20; i++ {
+				publish(t, js, "storm.a", fmt.Sprint(i))
+			}
+			if tc.idle {
+				subscribe(t, r, s, b, 2, "storm.a")
+				if n := s.Stats().Tails; n != 0 {
+					t.Fatalf("%d tails for two idle subscriptions, want none", n)
+				}
+			} else {
+				waitFor(t, "the messages live", func() bool { return len(r.passed()) == 20 })
+			}
+			const clients = 19_000
+			var wg sync.WaitGroup
+			var bad atomic.Int32
+			var first atomic.Value
+			wg.Add(clients)
+			for i := range clients {
+				since := uint64(10 + i%3) // about the same position
+				go s.Replay(history.Request{Channel: 2, Pattern: "storm.a", Resume: true, Since: since}, func(res history.Result) {
+					defer wg.Done()
+					if res.Err != nil || !res.Recovered || len(res.Msgs) != int(20-since) || res.Msgs[0].Seq != since+1 {
+						bad.Add(1)
+						first.CompareAndSwap(nil, fmt.Sprintf("since %d: %d msgs, recovered %v, err %v", since, len(res.Msgs), res.Recovered, res.Err))
+					}
+				})
+			}
+			wg.Wait()
+			if n := bad.Load(); n > 0 {
+				t.Fatalf("%d of %d resumes wrong, first: %v", n, clients, first.Load())
+			}
+			st := s.Stats()
+			t.Logf("%d resumes: %d stream reads, %d info calls, %d answered from the tail", clients, st.Reads, st.Infos, st.TailHits)
+			if st.Reads > 3 || st.Infos >= clients/10 {
+				t.Errorf("%+v: want at most 3 reads (one per position) and far fewer info calls than resumes", st)
+			}
+			if st.Tails != 1 {
+				t.Errorf("%d tails, want one: storm.a's (storm.other stayed idle)", st.Tails)
 			}
 		})
 	}
-	wg.Wait()
-	if n := bad.Load(); n > 0 {
-		t.Fatalf("%d of %d resumes wrong, first: %v", n, clients, first.Load())
+}
+
+// A channel's tail exists only while its subscription does, and only once
+// it is needed: not for an idle subscription, made by its first message
+// or resume, gone with the subscription, and never made again by a
+// message or a resume still under way when it ended (their ids are those
+// of a subscription the broker no longer has).
+func TestTailsOnlyWhileSubscribed(t *testing.T) {
+	r := &relay{}
+	s, js, b := setup(t, r, "life.a", "life.>")
+	subscribe(t, r, s, b, 2, "life.b")
+	data := []byte("late")
+	for _, step := range []struct {
+		name  string
+		do    func(t *testing.T)
+		tails int
+	}{
+		{"idle subscriptions", func(*testing.T) {}, 0},
+		{"a live message", func(t *testing.T) {
+			publish(t, js, "life.a", "1")
+			waitFor(t, "life.a 1", func() bool { return len(r.passed()) == 1 })
+		}, 1},
+		{"a resume", func(t *testing.T) {
+			res := replay(t, s, history.Request{Channel: 2, Pattern: "life.b", Resume: true})
+			if res.Err != nil || len(res.Msgs) != 0 || !res.Recovered {
+				t.Fatalf("resume of life.b: %+v", res)
+			}
+		}, 2},
+		{"unsubscribed", func(*testing.T) {
+			b.Unsubscribe(1)
+			s.Unsubscribed(1)
+		}, 1},
+		{"a message under way when it ended", func(*testing.T) {
+			s.Republished("life.a", data, []uint64{1}, 2, 1, func(string, []byte, []uint64, uint64) {})
+		}, 1},
+		{"a resume under way when it ended", func(t *testing.T) {
+			res := replay(t, s, history.Request{Channel: 1, Pattern: "life.a", Resume: true})
+			if res.Err != nil || len(res.Msgs) != 1 || string(res.Msgs[0].Data) != "1" {
+				t.Fatalf("resume of life.a after its subscription ended: %+v", res)
+			}
+		}, 1},
+		{"the other unsubscribed", func(*testing.T) {
+			b.Unsubscribe(2)
+			s.Unsubscribed(2)
+		}, 0},
+	} {
+		step.do(t)
+		if got := s.Stats().Tails; got != step.tails {
+			t.Fatalf("after %s: %d tails, want %d", step.name, got, step.tails)
+		}
 	}
-	st := s.Stats()
-	t.Logf("%d resumes: %d stream reads, %d info calls, %d answered from the tail", clients, st.Reads, st.Infos, st.TailHits)
-	if st.Reads > 3 || st.Infos >= clients/10 {
-		t.Errorf("%+v: want at most 3 reads (one per position) and far fewer info calls than resumes", st)
+}
+
+// replay is s.Replay waited for.
+func replay(t *testing.T, s *history.Store, req history.Request) history.Result {
+	t.Helper()
+	done := make(chan history.Result, 1)
+	s.Replay(req, func(res history.Result) { done <- res })
+	select {
+	case res := <-done:
+		return res
+	case <-time.After(20 * time.Second):
+		t.Fatal("no answer to a replay within 20s")
+		return history.Result{}
 	}
 }
 

@@ -118,7 +118,7 @@ func (s *Store) resume(j *job, st *Stream, state *jetstream.StreamState) {
 		since, recovered = 0, false
 	}
 	s.mu.Lock()
-	t := s.byPattern[req.Pattern]
+	t := s.tails[req.Channel]
 	if recovered && since <= state.LastSeq && since+1 >= state.FirstSeq &&
 		t != nil && t.usable(since, s.cfg.Drops()) {
 		msgs := t.after(since, s.cfg.MaxReplay)
@@ -148,8 +148,13 @@ func (s *Store) read(j *job, st *Stream, since uint64, recovered bool) {
 	}
 	f := &flight{waiters: []func(Result){j.done}}
 	s.flights[key] = f
-	t := s.byPattern[req.Pattern]
-	wasLive := t != nil && t.live
+	// A resume's tail, made now if the channel has none yet, takes every
+	// live message from here on: with the read, which starts after this,
+	// it has every message after since.
+	var t *tail
+	if req.Resume {
+		t = s.tailFor(req.Channel, st)
+	}
 	drops := s.cfg.Drops()
 	s.mu.Unlock()
 
@@ -166,7 +171,7 @@ func (s *Store) read(j *job, st *Stream, since uint64, recovered bool) {
 
 	s.mu.Lock()
 	delete(s.flights, key)
-	if complete && wasLive && s.byPattern[req.Pattern] == t && drops == s.cfg.Drops() {
+	if complete && t != nil && s.tails[req.Channel] == t && drops == s.cfg.Drops() {
 		t.merge(since, res.Through, res.Msgs, drops)
 	}
 	waiters := f.waiters

@@ -13,10 +13,16 @@ import (
 // channel after from, up to through. It is per channel, not per
 // connection, and its slots are reused, so that taking a live message in
 // costs no allocation once the slots have grown.
+//
+// A channel has one only once it needs one: at its first message (for
+// gap detection) or its first resume (to learn from the read). An idle
+// channel has none, so that a personal channel costs no more idle than it
+// does without history; a resume of a channel without a tail is simply a
+// read, shared with identical ones as any read is. Every tail in
+// Store.tails belongs to a live subscription: it is made only for one the
+// bus confirmed and still has (see tailFor).
 type tail struct {
-	pattern string
-	stream  *Stream
-	live    bool // the bus confirmed the subscription
+	stream *Stream
 
 	ring  []entry
 	size  int // the ring's capacity
@@ -86,7 +92,7 @@ func (t *tail) add(seq uint64, subject string, data []byte) {
 
 // usable reports whether the tail can answer a resume from since.
 func (t *tail) usable(since, drops uint64) bool {
-	return t.live && t.valid && t.drops == drops && since >= t.from
+	return t.valid && t.drops == drops && since >= t.from
 }
 
 // after copies the entries after since, at most max+1 of them (so the
@@ -135,47 +141,31 @@ func (t *tail) merge(since, through uint64, read []Msg, drops uint64) {
 	t.through = max(through, t.last())
 }
 
-// Subscribed notes that the bus subscribes id to pattern: a history
-// channel gets a tail. The hub calls it (through its bus) on a loop, so
-// it only takes the store's lock.
-func (s *Store) Subscribed(id uint64, pattern string) {
-	st := s.For(pattern)
-	if st == nil {
-		return
+// tailFor is id's tail, made on the spot for a subscription to a channel
+// of st that the bus still has; nil when it has ended. Under s.mu.
+//
+// Why asking the bus is enough: Herald's bus ends a subscription in the
+// broker first and calls Unsubscribed after, so a tail made here while
+// the broker still had id is dropped by that Unsubscribed, which comes
+// later under the same lock; and once the broker has forgotten id, none
+// is made, even for a message or a read that was under way.
+func (s *Store) tailFor(id uint64, st *Stream) *tail {
+	if t := s.tails[id]; t != nil {
+		return t
 	}
-	t := &tail{pattern: pattern, stream: st, size: s.cfg.Tail}
-	s.mu.Lock()
+	if id == 0 || st == nil || !s.cfg.Subscribed(id) {
+		return nil
+	}
+	t := &tail{stream: st, size: s.cfg.Tail}
 	s.tails[id] = t
-	s.byPattern[pattern] = t
-	s.mu.Unlock()
+	return t
 }
 
-// Unsubscribed drops id's tail.
+// Unsubscribed drops id's tail, if it has one. Call it after the broker
+// has ended the subscription (see tailFor).
 func (s *Store) Unsubscribed(id uint64) {
 	s.mu.Lock()
-	if t := s.tails[id]; t != nil {
-		delete(s.tails, id)
-		if s.byPattern[t.pattern] == t {
-			delete(s.byPattern, t.pattern)
-		}
-	}
-	s.mu.Unlock()
-}
-
-// Live notes the bus's answer for id: from now on its tail gets every
-// message the subscription carries. Call it before the hub hears it.
-func (s *Store) Live(id uint64, err error) {
-	s.mu.Lock()
-	if t := s.tails[id]; t != nil {
-		if err == nil {
-			t.live = true
-		} else {
-			delete(s.tails, id)
-			if s.byPattern[t.pattern] == t {
-				delete(s.byPattern, t.pattern)
-			}
-		}
-	}
+	delete(s.tails, id)
 	s.mu.Unlock()
 }
 
@@ -192,13 +182,20 @@ type Deliver func(subject string, data []byte, subs []uint64, seq uint64)
 // a loop) for a round trip, at most repairTimeout.
 func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, last uint64, out Deliver) {
 	s.mu.Lock()
-	var st *Stream
+	var st, of *Stream
 	gapFrom := uint64(0)
 	gapped := false
 	for _, id := range subs {
 		t := s.tails[id]
-		if t == nil || !t.live {
-			continue
+		if t == nil {
+			// The subscription's first message: it gets a tail now, for
+			// gap detection from here on.
+			if of == nil {
+				of = s.For(subject)
+			}
+			if t = s.tailFor(id, of); t == nil {
+				continue
+			}
 		}
 		st = t.stream
 		prev, seen := t.lastSeen[subject]
@@ -222,7 +219,7 @@ func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, las
 	}
 	var gaps []missed
 	for _, id := range subs {
-		if t := s.tails[id]; t != nil && t.live {
+		if t := s.tails[id]; t != nil {
 			prev, seen := t.lastSeen[subject]
 			if !seen {
 				prev = seq
@@ -266,7 +263,7 @@ func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, las
 // carried on subject.
 func (s *Store) noteSeen(subject string, subs []uint64, seq uint64) {
 	for _, id := range subs {
-		if t := s.tails[id]; t != nil && t.live {
+		if t := s.tails[id]; t != nil {
 			if prev, seen := t.lastSeen[subject]; !seen || seq > prev {
 				if t.lastSeen == nil {
 					t.lastSeen = make(map[string]uint64) // a quiet channel has none
@@ -279,7 +276,7 @@ func (s *Store) noteSeen(subject string, subs []uint64, seq uint64) {
 
 func (s *Store) addLocked(subject string, data []byte, subs []uint64, seq uint64) {
 	for _, id := range subs {
-		if t := s.tails[id]; t != nil && t.live {
+		if t := s.tails[id]; t != nil {
 			t.add(seq, subject, data)
 		}
 	}
