@@ -22,7 +22,8 @@
 #   HISTORY_STREAM  that stream's name (default HERALD)
 #   HERALD_ARGS  extra flags for every herald serve (e.g. "--log-level debug")
 #   PUBLISH  0: no publisher (default 1: herald demo publishing ticks)
-# Ports: NATS clients 4301-4303, routes 6301-6303, Herald 8101-8103, HAProxy
+# Ports: NATS clients 4301-4303, routes 6301-6303, NATS monitoring
+# 8222-8224, Herald 8101-8103, HAProxy
 # 8100 (plain), 8443 (TLS), 8404 (stats). Needs haproxy (Debian's package)
 # and openssl; not the nats CLI (the stream is made over the NATS protocol).
 set -euo pipefail
@@ -34,6 +35,7 @@ stream=${HISTORY_STREAM:-HERALD}
 nodes=(1 2 3)
 nats_port() { echo $((4300 + $1)); }
 route_port() { echo $((6300 + $1)); }
+monitor_port() { echo $((8221 + $1)); }
 herald_port() { echo $((8100 + $1)); }
 
 # started NAME PID: remember a process start started, for stop.
@@ -83,6 +85,8 @@ start_nats() {
   cat >"$dir/nats$i.conf" <<EOF
 server_name: n$i
 listen: 127.0.0.1:$(nats_port "$i")
+# /varz, /jsz (which node leads JetStream's meta group), /routez...
+http: 127.0.0.1:$(monitor_port "$i")
 jetstream { store_dir: "$dir/nats$i" }
 cluster {
   name: herald
@@ -243,6 +247,7 @@ start() {
   echo "  wss://127.0.0.1:8443/ws   (CA: $dir/ca.pem)"
   echo "  ws://127.0.0.1:8100/ws"
   echo "  NATS: nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"
+  echo "  NATS monitoring: http://127.0.0.1:8222/jsz (8223, 8224)"
   echo "  HAProxy stats: http://127.0.0.1:8404/stats"
 }
 
@@ -275,6 +280,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "usage: $0 start|status|stop" >&2; exit 2 ;;
 esac
