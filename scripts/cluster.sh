@@ -22,10 +22,10 @@
 #   HISTORY_STREAM  that stream's name (default HERALD)
 #   HERALD_ARGS  extra flags for every herald serve (e.g. "--log-level debug")
 #   PUBLISH  0: no publisher (default 1: herald demo publishing ticks)
-# Ports: NATS clients 4301-4303, routes 6301-6303, NATS monitoring
-# 8222-8224, Herald 8101-8103, HAProxy
-# 8100 (plain), 8443 (TLS), 8404 (stats). Needs haproxy (Debian's package)
-# and openssl; not the nats CLI (the stream is made over the NATS protocol).
+# Ports: NATS clients 4301-4303, routes 6301-6303, NATS monitoring (/jsz)
+# 8222-8224, Herald 8101-8103, HAProxy 8100 (plain), 8443 (TLS), 8404
+# (stats). Needs haproxy (Debian's package) and openssl; not the nats CLI
+# (the stream is made over the NATS protocol).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
