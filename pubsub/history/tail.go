@@ -274,7 +274,11 @@ func (s *Store) readGap(ctx context.Context, st *Stream, subject string, after, 
 	var out []Msg
 	next := after + 1
 	for len(out) < max && next <= last {
-		m, err := st.handle.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		// Each get on its own short clock: one sent as the connection moved
+		// can be routed to the node that just died and never be answered.
+		actx, cancel := context.WithTimeout(ctx, getTimeout)
+		m, err := st.handle.GetMsg(actx, next, jetstream.WithGetMsgSubject(subject))
+		cancel()
 		if err == nil {
 			if m.Sequence > last {
 				return out, nil // the rest is no longer stored (purged)
