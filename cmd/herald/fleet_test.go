@@ -768,10 +768,28 @@ func heraldOn(t *testing.T, i int) (string, map[string]*dto.MetricFamily) {
 // TestFleetHistory runs scripts/cluster.sh with its R3 history stream and
 // clients through HAProxy on a history channel while a publisher stores
 // numbered messages, then kills -9 a NATS node that a Herald with clients
-// is on, then SIGTERMs a Herald: every client gets every number once, in
-// order, the ones on the moved Herald on the sockets they had, the ones
-// of the drained Herald after resuming through HAProxy with since.
+// is on, then SIGTERMs that Herald: every client gets every number once,
+// in order, the ones on the moved Herald on the sockets they had, the ones
+// of the drained Herald after resuming through HAProxy with since. Each
+// case has a fleet of its own.
 func TestFleetHistory(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// streamLeader: the node killed leads the stream (its replicas
+		// elect another, publishes wait meanwhile); otherwise it is
+		// JetStream's meta leader and the stream is led elsewhere (no
+		// consumer can be created until the survivors elect a meta leader,
+		// up to 12 s here).
+		streamLeader bool
+	}{
+		{"kill -9 the meta leader's node", false},
+		{"kill -9 the stream leader's node", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { fleetHistory(t, tc.streamLeader) })
+	}
+}
+
+func fleetHistory(t *testing.T, killStreamLeader bool) {
 	f := startFleet(t, "HISTORY=fleet.>")
 	const (
 		clients = 30
@@ -796,12 +814,11 @@ func TestFleetHistory(t *testing.T) {
 	if info := str.CachedInfo(); info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
 		t.Fatalf("stream %s: %d replicas, cluster %+v; want R3 on the three nodes", fleetStream, info.Config.Replicas, info.Cluster)
 	}
-	// The node to kill (below) is JetStream's meta leader, and must not
-	// lead the stream too: if it does, the stream's leader steps down to
-	// one of the other two.
+	// Killing the meta leader's node, it must not lead the stream too: if
+	// it does, the stream's leader steps down to one of the other two.
 	meta := metaLeader(t, 1)
 	leader := str.CachedInfo().Cluster.Leader
-	for leader == meta {
+	for !killStreamLeader && leader == meta {
 		if _, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+fleetStream, nil, 10*time.Second); err != nil {
 			t.Fatalf("stream %s leader stepdown: %v", fleetStream, err)
 		}
@@ -819,11 +836,15 @@ func TestFleetHistory(t *testing.T) {
 		followers[i] = follow(t, channel)
 		defer followers[i].close()
 	}
-	// Every 20 ms: the stream keeps 100 messages a subject, 2 s of them,
-	// for the resumes.
-	// On the stream leader's node, which is not killed: the publisher does
-	// not stall while the Herald moves.
-	pnc, err := nats.Connect(fleetNATS(int(leader[len(leader)-1]-'0')), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	killing := meta
+	if killStreamLeader {
+		killing = leader
+	}
+	victim := int(killing[len(killing)-1] - '0')
+	// Every 20 ms (the stream keeps 100 messages a subject, 2 s of them,
+	// for the resumes), on a node that is not killed: the publisher does
+	// not move while the Herald does.
+	pnc, err := nats.Connect(fleetNATS(victim%3+1), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -851,15 +872,11 @@ func TestFleetHistory(t *testing.T) {
 	waitFor(t, 20*time.Second, "the publisher to store 30 messages", func() bool { return pub.acked.Load() >= 30 })
 	caughtUp("every client to receive the first messages")
 
-	// The node to kill: JetStream's meta leader, not the stream's leader,
-	// with a Herald that has clients on it. The stream keeps storing and
-	// republishing, so the messages the moving Herald is away for are what
-	// it must repair; and no consumer can be created until the two
-	// survivors elect a meta leader (up to 12 s here): the repair must do
-	// without one.
-	victim := int(meta[len(meta)-1] - '0')
-	if on, m := heraldOn(t, victim); on != meta || metricValue(t, m, "herald_connections") == 0 {
-		t.Fatalf("herald%d is on %s with %v clients; want it on %s with clients", victim, on, metricValue(t, m, "herald_connections"), meta)
+	// The Herald on the node to kill has clients: messages stored while
+	// it moves are what it must repair, without a meta leader (the
+	// repair's reads need none) or while the stream elects a new leader.
+	if on, m := heraldOn(t, victim); on != killing || metricValue(t, m, "herald_connections") == 0 {
+		t.Fatalf("herald%d is on %s with %v clients; want it on %s with clients", victim, on, metricValue(t, m, "herald_connections"), killing)
 	}
 	_, before := heraldOn(t, victim)
 	// As fast as the stream acks around the kill, so that messages are
@@ -885,9 +902,12 @@ func TestFleetHistory(t *testing.T) {
 	// dead node until it notices).
 	waitFor(t, 60*time.Second, "the survivors to elect a JetStream meta leader", func() bool {
 		l := metaLeader(t, survivor)
-		return l != "" && l != meta
+		return l != "" && l != killing
 	})
-	metaBack := time.Since(killed)
+	metaNote := "the meta leader stayed " + meta
+	if killing == meta {
+		metaNote = fmt.Sprintf("a meta leader again %v after the kill", time.Since(killed).Round(time.Millisecond))
+	}
 	var worst time.Duration
 	var worstAt string
 	for i, fl := range followers {
@@ -907,9 +927,9 @@ func TestFleetHistory(t *testing.T) {
 	delta := func(m map[string]*dto.MetricFamily, name string) float64 {
 		return metricValue(t, m, name) - metricValue(t, before, name)
 	}
-	t.Logf("kill -9 nats%d (herald%d's node, %v clients on it; stream leader %s, meta leader %s): herald%d moved to %s, no client reconnected, every client got every message once, in order; longest gap %v (%s; a message every 1 ms around the kill); herald%d repaired %v gaps, %v messages from the stream; longest publish wait %v; a meta leader again %v after the kill",
+	t.Logf("kill -9 nats%d (herald%d's node, %v clients on it; stream leader %s, meta leader %s): herald%d moved to %s, no client reconnected, every client got every message once, in order; longest gap %v (%s; a message every 1 ms around the kill); herald%d repaired %v gaps, %v messages from the stream; longest publish wait %v; %s",
 		victim, victim, metricValue(t, before, "herald_connections"), leader, meta, victim, movedTo, worst.Round(time.Millisecond), worstAt, victim,
-		delta(after, "herald_history_gaps_total"), delta(after, "herald_history_repaired_total"), time.Duration(pub.stalled.Load()).Round(time.Millisecond), metaBack.Round(time.Millisecond))
+		delta(after, "herald_history_gaps_total"), delta(after, "herald_history_repaired_total"), time.Duration(pub.stalled.Load()).Round(time.Millisecond), metaNote)
 
 	// SIGTERM the Herald that moved: its clients are closed with 1001
 	// over the drain and resume through HAProxy on the other two.
