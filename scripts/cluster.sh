@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Starts a Herald fleet on loopback, as production runs one: three
-# nats-server nodes in one cluster (routes, JetStream), three Herald
-# instances each joined to a different node, HAProxy in front of them
-# (health-checking /readyz, terminating TLS with a certificate this script
-# makes), and a publisher. Usage:
+# nats-server nodes in one cluster (routes, JetStream), one history stream
+# replicated on all three (R3), three Herald instances each joined to a
+# different node and serving that stream's history, HAProxy in front of
+# them (health-checking /readyz, terminating TLS with a certificate this
+# script makes), and a publisher. Usage:
 #   scripts/cluster.sh start     # build, start everything, print the endpoints
 #   scripts/cluster.sh status    # what is running
 #   scripts/cluster.sh stop      # stop exactly what start started
@@ -16,18 +17,25 @@
 #   HERALD   a prebuilt herald binary (default: build this tree into DIR)
 #   NATS_SERVER  a nats-server binary (default: `nats-server` on PATH, else built
 #            from the nats-server module version in go.mod, offline)
-#   HERALD_ARGS  extra flags for every herald serve (e.g. "--history 'demo.>'")
+#   HISTORY  comma-separated channel patterns kept in the R3 stream (default
+#            'demo.>'; empty: no stream, no history)
+#   HISTORY_STREAM  that stream's name (default HERALD)
+#   HERALD_ARGS  extra flags for every herald serve (e.g. "--log-level debug")
 #   PUBLISH  0: no publisher (default 1: herald demo publishing ticks)
-# Ports: NATS clients 4301-4303, routes 6301-6303, Herald 8101-8103, HAProxy
-# 8100 (plain), 8443 (TLS), 8404 (stats). Needs haproxy (Debian's package)
-# and openssl.
+# Ports: NATS clients 4301-4303, routes 6301-6303, NATS monitoring (/jsz)
+# 8222-8224, Herald 8101-8103, HAProxy 8100 (plain), 8443 (TLS), 8404
+# (stats). Needs haproxy (Debian's package) and openssl; not the nats CLI
+# (the stream is made over the NATS protocol).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=${DIR:-/tmp/herald-cluster}
+history=${HISTORY-demo.>}
+stream=${HISTORY_STREAM:-HERALD}
 nodes=(1 2 3)
 nats_port() { echo $((4300 + $1)); }
 route_port() { echo $((6300 + $1)); }
+monitor_port() { echo $((8221 + $1)); }
 herald_port() { echo $((8100 + $1)); }
 
 # started NAME PID: remember a process start started, for stop.
@@ -77,6 +85,8 @@ start_nats() {
   cat >"$dir/nats$i.conf" <<EOF
 server_name: n$i
 listen: 127.0.0.1:$(nats_port "$i")
+# /varz, /jsz (which node leads JetStream's meta group), /routez...
+http: 127.0.0.1:$(monitor_port "$i")
 jetstream { store_dir: "$dir/nats$i" }
 cluster {
   name: herald
@@ -88,14 +98,81 @@ EOF
   started "nats$i" $!
 }
 
+# js_api PORT SUBJECT JSON: one JetStream API request to the node on PORT
+# over the NATS protocol (bash's /dev/tcp; no nats CLI needed), printing
+# the reply; fails when none comes within 5 s.
+js_api() {
+  local port=$1 subject=$2 body=$3 inbox="_INBOX.cluster_sh.$$" line fd LC_ALL=C
+  exec {fd}<>"/dev/tcp/127.0.0.1/$port" || return 1
+  read -r -t 5 line <&"$fd" || { exec {fd}>&-; return 1; } # the server's INFO
+  # LC_ALL=C: ${#body} counts bytes, as PUB wants.
+  printf 'CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\nSUB %s 1\r\nPUB %s %s %d\r\n%s\r\n' \
+    "$inbox" "$subject" "$inbox" "${#body}" "$body" >&"$fd"
+  while read -r -t 5 line <&"$fd"; do
+    line=${line%$'\r'}
+    case $line in
+      PING) printf 'PONG\r\n' >&"$fd" ;;
+      MSG\ *)
+        # The API answers with one line of JSON.
+        read -r -t 5 line <&"$fd" && echo "${line%$'\r'}"
+        exec {fd}>&-
+        return 0
+        ;;
+      -ERR*) echo "NATS refused the request: $line" >&2; break ;;
+    esac
+  done
+  exec {fd}>&-
+  return 1
+}
+
+# history_stream: create (or update) the R3 stream that keeps $history,
+# with the RePublish Herald needs (README "History and resume"), before any
+# Herald starts, so that the three do not race to set it up; then wait for
+# its leader, since a Herald asks for the stream's state at startup.
+history_stream() {
+  local subjects="" s reply op=CREATE
+  IFS=, read -ra pats <<<"$history"
+  for s in "${pats[@]}"; do
+    # Patterns go into JSON as they are: no quotes or spaces to escape.
+    [[ $s =~ ^[A-Za-z0-9_.*\>-]+$ ]] || { echo "HISTORY: $s is not a channel pattern" >&2; exit 1; }
+    subjects+="\"$s\","
+  done
+  # What herald serve --history sets up for its own stream (100 messages a
+  # subject for 24 h, direct gets, every stored message republished to
+  # _HERALD.<stream>.<subject>), on three replicas, with the publisher's
+  # Nats-Msg-Id deduplicated for 2 minutes.
+  local cfg='{"name":"'$stream'","subjects":['${subjects%,}'],"storage":"file","num_replicas":3,"retention":"limits","discard":"old","max_msgs_per_subject":100,"max_age":86400000000000,"duplicate_window":120000000000,"allow_direct":true,"republish":{"src":">","dest":"_HERALD.'$stream'.>"}}'
+  for _ in $(seq 120); do
+    reply=$(js_api "$(nats_port 1)" "\$JS.API.STREAM.$op.$stream" "$cfg") || reply=""
+    case $reply in
+      *'"err_code":10058'*) op=UPDATE; continue ;; # there from an earlier start in $dir, configured otherwise
+      # No reply, no meta leader yet (503), or it does not know three
+      # peers yet (10005): the cluster is still forming.
+      "" | *'"code":503'* | *'"err_code":10005'*) sleep 0.25; continue ;;
+      *'"error"'*) echo "could not $op stream $stream: $reply" >&2; exit 1 ;;
+    esac
+    break
+  done
+  for _ in $(seq 120); do
+    reply=$(js_api "$(nats_port 1)" "\$JS.API.STREAM.INFO.$stream" "") || reply=""
+    case $reply in
+      *'"leader":"n'*) echo "stream $stream (R3, $history) led by $(sed 's/.*"leader":"\([^"]*\)".*/\1/' <<<"$reply")"; return ;;
+    esac
+    sleep 0.25
+  done
+  echo "stream $stream has no leader after 30 s: ${reply:-no reply} (logs in $dir)" >&2
+  exit 1
+}
+
 start_herald() {
-  local i=$1
+  local i=$1 hist=""
+  [ -n "$history" ] && hist="--history-stream $stream"
   # Only its own node's URL: nats.go learns the others from the cluster
   # and fails over to them, but starts here, so each instance is on a
   # different node.
   # eval for the quoting in HERALD_ARGS; exec so that the pid is herald's.
   (eval "exec \"\$herald\" serve --listen 127.0.0.1:$(herald_port "$i") --nats nats://127.0.0.1:$(nats_port "$i") \
-    --drain-timeout 3s --log-level info ${HERALD_ARGS:-}") >"$dir/herald$i.log" 2>&1 &
+    --drain-timeout 3s --log-level info $hist ${HERALD_ARGS:-}") >"$dir/herald$i.log" 2>&1 &
   started "herald$i" $!
 }
 
@@ -156,6 +233,7 @@ start() {
   certs
   for i in "${nodes[@]}"; do start_nats "$i"; done
   for i in "${nodes[@]}"; do wait_port "$(nats_port "$i")" "nats-server n$i"; done
+  [ -n "$history" ] && history_stream
   for i in "${nodes[@]}"; do start_herald "$i"; done
   for i in "${nodes[@]}"; do wait_port "$(herald_port "$i")" "herald $i"; done
   start_haproxy
@@ -169,6 +247,7 @@ start() {
   echo "  wss://127.0.0.1:8443/ws   (CA: $dir/ca.pem)"
   echo "  ws://127.0.0.1:8100/ws"
   echo "  NATS: nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"
+  echo "  NATS monitoring: http://127.0.0.1:8222/jsz (8223, 8224)"
   echo "  HAProxy stats: http://127.0.0.1:8404/stats"
 }
 
@@ -201,6 +280,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "usage: $0 start|status|stop" >&2; exit 2 ;;
 esac

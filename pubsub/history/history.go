@@ -56,7 +56,10 @@ const (
 	// repairTimeout bounds the read that fills a gap in what NATS
 	// delivered; the dispatcher waits for it.
 	repairTimeout = 2 * time.Second
-	fetchBatch    = 512
+	// getTimeout bounds one get of a repair, which is then asked again
+	// within repairTimeout.
+	getTimeout = 400 * time.Millisecond
+	fetchBatch = 512
 )
 
 // ErrBusy is the error of a replay when too many wait for a reader.

@@ -2,7 +2,11 @@ package history
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // A tail is the last Config.Size messages of one history channel, as they
@@ -233,7 +237,7 @@ func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, las
 	s.gaps.Add(1)
 	s.reads.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), repairTimeout)
-	missing, _, err := s.readRange(ctx, st, subject, gapFrom+1, seq-1, false, s.cfg.MaxReplay)
+	missing, err := s.readGap(ctx, st, subject, gapFrom, last, s.cfg.MaxReplay)
 	cancel()
 	if err != nil {
 		s.log.Warn("history: cannot fill a gap NATS left from the stream; the messages are lost to live subscribers (a resume still finds them)",
@@ -257,6 +261,43 @@ func (s *Store) Republished(subject string, data []byte, subs []uint64, seq, las
 	s.addLocked(subject, data, subs, seq)
 	s.mu.Unlock()
 	out(subject, data, subs, seq)
+}
+
+// readGap reads the messages on subject after sequence after through last
+// (the Nats-Last-Sequence that showed the gap), at most max, one get at a
+// time rather than with a consumer: a get needs no JetStream meta leader,
+// which a cluster is without for seconds after the node that held it dies
+// (a consumer could not be created then, and the gap would stay), and with
+// AllowDirect any replica answers, even while the stream elects a leader.
+// A replica a little behind may not have the last ones yet: the read goes
+// on until it has last, or ctx ends. What it read is returned in order,
+// with the error that stopped it, if any.
+func (s *Store) readGap(ctx context.Context, st *Stream, subject string, after, last uint64, max int) ([]Msg, error) {
+	var out []Msg
+	next := after + 1
+	for len(out) < max && next <= last {
+		// Each get on its own short clock: one sent as the connection moved
+		// can be routed to the node that just died and never be answered.
+		actx, cancel := context.WithTimeout(ctx, getTimeout)
+		m, err := st.handle.GetMsg(actx, next, jetstream.WithGetMsgSubject(subject))
+		cancel()
+		if err == nil {
+			if m.Sequence > last {
+				return out, nil // the rest is no longer stored (purged)
+			}
+			out = append(out, Msg{Subject: m.Subject, Data: m.Data, Seq: m.Sequence})
+			next = m.Sequence + 1
+			continue
+		}
+		// Not there yet on the replica that answered, or no answer while
+		// the connection or the stream's leader moves: ask again.
+		select {
+		case <-ctx.Done():
+			return out, fmt.Errorf("history: read %s after %d through %d from stream %s (%d read): %w", subject, after, last, st.name, len(out), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return out, nil
 }
 
 // noteSeen records seq as the last message the subscriptions subs
