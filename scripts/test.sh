@@ -7,14 +7,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The demo page's browser test, herald sub's proxy tests, the systemd unit's
-# check and the fleet tests need Chromium, tinyproxy, systemd-analyze and
-# HAProxy (Debian packages): install them when missing and apt-get is ours
-# to run. Without them those tests skip, or fail under CI=true.
+# check and the fleet and scale tests need Chromium, tinyproxy,
+# systemd-analyze, HAProxy and nats-server (Debian packages): install them
+# when missing and apt-get is ours to run. Without them those tests skip,
+# or fail under CI=true (the scripts build a nats-server from the module
+# when there is none, which takes a while).
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v nats-server >/dev/null || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
