@@ -30,6 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=${DIR:-/tmp/herald-cluster}
+. scripts/lib.sh
 history=${HISTORY-demo.>}
 stream=${HISTORY_STREAM:-HERALD}
 nodes=(1 2 3)
@@ -37,21 +38,6 @@ nats_port() { echo $((4300 + $1)); }
 route_port() { echo $((6300 + $1)); }
 monitor_port() { echo $((8221 + $1)); }
 herald_port() { echo $((8100 + $1)); }
-
-# started NAME PID: remember a process start started, for stop.
-started() { echo "$1 $2" >>"$dir/pids"; }
-
-alive() { kill -0 "$1" 2>/dev/null; }
-
-# wait_port PORT WHAT: until something accepts on 127.0.0.1:PORT.
-wait_port() {
-  for _ in $(seq 150); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return; fi
-    sleep 0.1
-  done
-  echo "$2 did not start listening on 127.0.0.1:$1 (logs in $dir)" >&2
-  exit 1
-}
 
 certs() {
   [ -f "$dir/haproxy.pem" ] && return
@@ -63,19 +49,6 @@ certs() {
   openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -CAcreateserial \
     -days 30 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
   cat "$dir/server.pem" "$dir/server-key.pem" >"$dir/haproxy.pem"
-}
-
-binaries() {
-  herald=${HERALD:-}
-  if [ -z "$herald" ]; then
-    herald=$dir/herald
-    go build -o "$herald" ./cmd/herald
-  fi
-  nats_server=${NATS_SERVER:-$(command -v nats-server || true)}
-  if [ -z "$nats_server" ]; then
-    nats_server=$dir/nats-server
-    [ -x "$nats_server" ] || go build -o "$nats_server" github.com/nats-io/nats-server/v2
-  fi
 }
 
 start_nats() {
@@ -253,26 +226,14 @@ start() {
 
 status() {
   [ -s "$dir/pids" ] || { echo "no cluster running from $dir"; return; }
-  local name pid
-  while read -r name pid; do
-    if alive "$pid"; then echo "$name $pid running"; else echo "$name $pid gone"; fi
-  done <"$dir/pids"
+  list_started
 }
 
 stop() {
   [ -s "$dir/pids" ] || { echo "no cluster running from $dir"; return; }
-  local name pid pids=()
   # Publisher and HAProxy first, then the Herald instances (SIGTERM: they
-  # drain), then NATS, each only if it is still the process start made.
-  while read -r name pid; do pids+=("$pid"); done < <(tac "$dir/pids")
-  for pid in "${pids[@]}"; do
-    alive "$pid" && kill -CONT "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-  done
-  : >"$dir/pids"
+  # drain), then NATS: last started first.
+  stop_names '.'
   echo "stopped"
 }
 

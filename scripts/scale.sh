@@ -49,26 +49,13 @@ nats_port=${NATS_PORT:-4400}
 admin_base=${ADMIN_BASE:-9200}
 timeout=${TIMEOUT:-4m}
 dir=${DIR:-/tmp/herald-scale}
+. scripts/lib.sh
 nats_url=nats://127.0.0.1:$nats_port
 for v in conns procs max_conns messages nats_port port admin_base; do
   case "${!v}" in '' | *[!0-9]*) echo "${v^^} must be a whole number" >&2; exit 2 ;; esac
 done
 
 admin() { echo "127.0.0.1:$((admin_base + $1))"; }
-
-# started NAME PID: remember a process this script started, for stop.
-started() { echo "$1 $2" >>"$dir/pids"; }
-alive() { kill -0 "$1" 2>/dev/null; }
-
-# wait_port PORT WHAT: until something accepts on 127.0.0.1:PORT.
-wait_port() {
-  for _ in $(seq 150); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return; fi
-    sleep 0.1
-  done
-  echo "$2 did not start listening on 127.0.0.1:$1 (logs in $dir)" >&2
-  exit 1
-}
 
 # wait_ready I: until Herald process I's own /readyz (on its admin
 # listener: the shared port reaches whichever process the kernel picks)
@@ -80,19 +67,6 @@ wait_ready() {
   done
   echo "herald $1 not ready on http://$(admin "$1")/readyz (log: $dir/herald$1.log)" >&2
   exit 1
-}
-
-binaries() {
-  herald=${HERALD:-}
-  if [ -z "$herald" ]; then
-    herald=$dir/herald
-    go build -o "$herald" ./cmd/herald
-  fi
-  nats_server=${NATS_SERVER:-$(command -v nats-server || true)}
-  if [ -z "$nats_server" ]; then
-    nats_server=$dir/nats-server
-    [ -x "$nats_server" ] || go build -o "$nats_server" github.com/nats-io/nats-server/v2
-  fi
 }
 
 start_nats() {
@@ -122,25 +96,6 @@ start_heralds() {
 # herald_pids: the running Herald processes' pids, comma-separated.
 herald_pids() { awk '$1 ~ /^herald/ { print $2 }' "$dir/pids" | paste -sd, -; }
 
-# stop_names PATTERN: stop the processes whose name matches, last started
-# first, SIGTERM then SIGKILL, and forget them.
-stop_names() {
-  [ -s "$dir/pids" ] || return 0
-  local name pid pids=()
-  while read -r name pid; do
-    [[ $name =~ $1 ]] && pids+=("$pid")
-  done < <(tac "$dir/pids")
-  # CONT first: a stopped process (SIGSTOP, a suspended job) would not act
-  # on the TERM.
-  for pid in "${pids[@]}"; do alive "$pid" && kill -CONT "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-  done
-  awk -v re="$1" '$1 !~ re' "$dir/pids" >"$dir/pids.left"
-  mv "$dir/pids.left" "$dir/pids"
-}
-
 start() {
   command -v jq >/dev/null || { echo "scale.sh needs jq" >&2; exit 1; }
   command -v curl >/dev/null || { echo "scale.sh needs curl" >&2; exit 1; }
@@ -159,10 +114,7 @@ start() {
 
 status() {
   [ -s "$dir/pids" ] || { echo "nothing running from $dir"; return; }
-  local name pid
-  while read -r name pid; do
-    if alive "$pid"; then echo "$name $pid running"; else echo "$name $pid gone"; fi
-  done <"$dir/pids"
+  list_started
 }
 
 stop() {
