@@ -199,6 +199,14 @@ start() {
     echo "a cluster is already running from $dir: scripts/cluster.sh stop first" >&2
     exit 1
   fi
+  # wait_port below would take another fleet's listener for this one's.
+  local port
+  for port in $(for i in "${nodes[@]}"; do nats_port "$i"; route_port "$i"; monitor_port "$i"; herald_port "$i"; done) 8100 8443 8404; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "127.0.0.1:$port is already in use (another fleet running?): nothing started" >&2
+      exit 1
+    fi
+  done
   mkdir -p "$dir"
   : >"$dir/pids"
   trap 'echo "start failed: stopping what it started" >&2; stop >&2' EXIT

@@ -515,8 +515,9 @@ func (p *seqPublisher) halt() {
 // HAProxy the way herald.js does: it keeps the seq of the last message and
 // the stream's epoch, and when its Herald closes it with 1001 it comes
 // back through HAProxy with ?since=&epoch=. It records every payload, and
-// the first thing that breaks the contract (a seq that does not grow, a
-// resume not recovered, another epoch, a socket lost otherwise).
+// whatever breaks the contract (a seq that does not grow, a resume not
+// recovered or answered with an error, another epoch, a socket lost
+// otherwise).
 type follower struct {
 	channel string
 
@@ -551,11 +552,11 @@ func follow(t *testing.T, channel string) *follower {
 	}
 	fl := &follower{channel: channel, conn: conn, epoch: *ack.Epoch, done: make(chan struct{})}
 	_ = conn.SetReadDeadline(time.Time{})
-	go fl.run(t)
+	go fl.run()
 	return fl
 }
 
-func (fl *follower) run(t *testing.T) {
+func (fl *follower) run() {
 	defer close(fl.done)
 	resuming := false
 	for {
@@ -574,7 +575,7 @@ func (fl *follower) run(t *testing.T) {
 				fl.fail(fmt.Errorf("socket lost: %w", err))
 				return
 			}
-			if !fl.resume(t) {
+			if !fl.resume() {
 				return
 			}
 			resuming = true
@@ -622,7 +623,7 @@ func (fl *follower) run(t *testing.T) {
 // resume reconnects through HAProxy with since and epoch, with full jitter
 // on a backoff from 100 ms (HAProxy may still send it to the Herald that
 // is draining, which answers 503, until its health check catches up).
-func (fl *follower) resume(t *testing.T) bool {
+func (fl *follower) resume() bool {
 	delay := 100 * time.Millisecond
 	url := fmt.Sprintf("ws://%s/ws?channel=%s&since=%d&epoch=%s", fleetPlain, fl.channel, fl.seq(), fl.epoch)
 	for attempt := 0; attempt < 40; attempt++ {
