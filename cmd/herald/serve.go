@@ -96,6 +96,9 @@ second signal exits at once.`, stderr)
 	if err != nil {
 		return err
 	}
+	if !*publicMetrics && *adminListen == "" {
+		log.Warn("--metrics=false without --admin-listen: no metrics are served anywhere")
+	}
 	pushCfg := push.Config{MaxChannels: *maxChannels, NoWildcards: *noWildcards}
 	authCfg, err := access.config(&pushCfg)
 	if err != nil {
