@@ -114,6 +114,9 @@ second signal exits at once.`, stderr)
 	if err != nil {
 		return err
 	}
+	if !*publicMetrics && *adminListen == "" {
+		log.Warn("--metrics=false without --admin-listen: no metrics are served anywhere")
+	}
 	if *compressionLevel != flate.HuffmanOnly && (*compressionLevel < 1 || *compressionLevel > 9) {
 		return fmt.Errorf("--compression-level %d: want 1 to 9, or -2 for Huffman only", *compressionLevel)
 	}
