@@ -131,7 +131,8 @@ const (
 type op struct {
 	s           *subscription
 	unsubscribe bool
-	err         error // Subscribe refused it already: answer with this
+	err         error        // Subscribe refused it already: answer with this
+	wide        []*wideGroup // SetRepublished's groups, for the worker to add (s is nil)
 }
 
 // answer is one thing the worker tells the dispatcher, in stream order.
@@ -372,6 +373,12 @@ func (b *Broker) stopping() bool {
 // perform does one op and gathers what the dispatcher must hear about it.
 func (w *worker) perform(o op) {
 	b, s := w.b, o.s
+	if o.wide != nil {
+		// Only the worker reads the groups: added here, in queue order,
+		// they cover every Subscribe queued after SetRepublished.
+		b.wide = append(b.wide, o.wide...)
+		return
+	}
 	if o.unsubscribe {
 		w.unsubscribe(s)
 		return
@@ -649,7 +656,7 @@ func (w *worker) finish(ops ...op) {
 		}
 	}
 	for _, o := range ops {
-		if !o.unsubscribe && o.s.state == stateQueued {
+		if o.s != nil && !o.unsubscribe && o.s.state == stateQueued {
 			o.s.state = stateAnswered
 			err := o.err
 			if err == nil {

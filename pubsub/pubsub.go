@@ -186,6 +186,8 @@ type Broker struct {
 
 	// wide are the groups of Config.Wide, in order (see wide.go).
 	wide []*wideGroup
+	// widePatterns is Config.Wide, for SetRepublished; never changed.
+	widePatterns []string
 	// natsSubs counts the NATS subscriptions the worker holds.
 	natsSubs atomic.Int64
 	// epoch counts the connection callbacks that lose or replace the
@@ -340,6 +342,7 @@ func Start(cfg Config) (*Broker, error) {
 		subs:         make(map[uint64]*subscription),
 		wake:         make(chan struct{}, 1),
 		wide:         wide,
+		widePatterns: append([]string(nil), cfg.Wide...),
 		permSignal:   make(chan struct{}, 1),
 		pubMax:       orDefault(cfg.PublishQueue, DefaultPublishQueue),
 		pubMaxBytes:  orDefault(cfg.PublishQueueBytes, DefaultPublishQueueBytes),

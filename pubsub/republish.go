@@ -41,9 +41,26 @@ type SequencedHandler interface {
 // "_HERALD.CHAT.") under which streams republish their messages. Call it
 // before subscribing to any subject under them: the dispatcher reads it on
 // every message, without a lock.
+//
+// Each wide pattern (Config.Wide) then also covers its republished
+// subjects: W under prefix P is the wide pattern P+W, so that channels
+// under W that are history channels share one NATS subscription too.
 func (b *Broker) SetRepublished(prefixes []string) {
 	p := append([]string(nil), prefixes...)
 	b.republished.Store(&p)
+	var groups []*wideGroup
+	for _, prefix := range p {
+		for _, w := range b.widePatterns {
+			groups = append(groups, &wideGroup{pattern: prefix + w, literal: make(map[string]*subscription)})
+		}
+	}
+	if len(groups) == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.queue = append(b.queue, op{wide: groups})
+	b.mu.Unlock()
+	b.kick()
 }
 
 // Conn is the broker's NATS connection, for JetStream calls (see

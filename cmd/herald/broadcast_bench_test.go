@@ -345,9 +345,10 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		{"shared", "idle.memory", nil, false, nil},
 		{"shared-deflate", "idle.memory", nil, true, nil}, // every socket negotiated permessage-deflate
 		{"personal", "user.%d", nil, false, nil},
-		{"personal-wide", "user.%d", []string{"user.*"}, false, nil},      // --nats-wide user.*
-		{"shared-history", "idle.memory", nil, false, []string{"idle.>"}}, // --history 'idle.>'
-		{"personal-history", "user.%d", nil, false, []string{"user.>"}},   // --history 'user.>'
+		{"personal-wide", "user.%d", []string{"user.*"}, false, nil},                        // --nats-wide user.*
+		{"shared-history", "idle.memory", nil, false, []string{"idle.>"}},                   // --history 'idle.>'
+		{"personal-history", "user.%d", nil, false, []string{"user.>"}},                     // --history 'user.>'
+		{"personal-wide-history", "user.%d", []string{"user.*"}, false, []string{"user.>"}}, // both
 	} {
 		b.Run(bc.name, func(b *testing.B) { benchmarkIdleMemory(b, bc.channel, bc.wide, bc.deflate, bc.history) })
 	}

@@ -707,3 +707,43 @@ func publishNumbered(t *testing.T, natsURL, subject string, from, to int) {
 		}
 	}
 }
+
+// History channels under a --nats-wide pattern share its NATS subscription,
+// on the republish destination: one NATS subscription for three personal
+// history channels, each message to its own channel only, with its seq,
+// and a resume replays from the stream as without the wide pattern.
+func TestHistoryUnderWidePattern(t *testing.T) {
+	hc := heraldConfig{
+		Engine:     engine.Config{Addr: "127.0.0.1:0", Loops: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		NATSListen: "127.0.0.1:-1",
+		NATSWide:   []string{"user.*"},
+		History:    &history.Config{Subjects: []string{"user.>"}},
+		DataDir:    t.TempDir(),
+	}
+	hr, err := startHerald(hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopHerald(t, hr) })
+	h := newHistoryHerald(t, hr)
+
+	conns := map[string]*websocket.Conn{}
+	for _, u := range []string{"user.1", "user.2", "user.3"} {
+		conns[u] = dialWS(t, h.herald, "channel="+u)
+	}
+	if n := h.broker.NATSSubscriptions(); n != 1 {
+		t.Fatalf("%d NATS subscriptions for three history channels under user.*, want 1", n)
+	}
+	h.publish(t, "user.2", `{"n":1}`, "user.1", `{"n":2}`, "user.2", `{"n":3}`)
+	expectFrames(t, conns["user.2"], `user.2 1 {"n":1}`, `user.2 3 {"n":3}`)
+	expectFrames(t, conns["user.1"], `user.1 2 {"n":2}`)
+
+	resumed := dialWS(t, h.herald, "channel=user.2&since=1")
+	expectFrames(t, resumed, `user.2 3 {"n":3}`, `ack - user.2 true`)
+	h.publish(t, "user.2", `{"n":4}`)
+	expectFrames(t, resumed, `user.2 4 {"n":4}`)
+	expectFrames(t, conns["user.2"], `user.2 4 {"n":4}`)
+	if n := h.broker.NATSSubscriptions(); n != 1 {
+		t.Fatalf("%d NATS subscriptions after a resume, want 1", n)
+	}
+}
