@@ -103,6 +103,12 @@ type subscription struct {
 	state subState
 	// Dispatcher only.
 	live bool // Live(id, nil) delivered
+	// under is 1 + the index of the republish prefix (SetRepublished) the
+	// subscription is for, 0 for none. A member of a wide group under it
+	// keeps pattern without the prefix (the caller's string, shared with
+	// the hub: nothing more per personal history channel); any other
+	// subscription gets the whole NATS subject in pattern once performed.
+	under uint8
 
 	// wide is the group of a member or of a carrier, nil for an ordinary
 	// subscription. Set by the worker before it first hands the
@@ -159,13 +165,17 @@ type answer struct {
 // and not a view of memory the caller reuses (the push hub passes its own
 // copy of each channel name): with a channel per user, a second copy of
 // every name is memory per connection.
-func (b *Broker) Subscribe(id uint64, pattern string) {
+func (b *Broker) Subscribe(id uint64, pattern string) { b.subscribe(id, pattern, 0) }
+
+// subscribe is Subscribe, under a republish prefix when under is above 0
+// (see SubscribeUnder).
+func (b *Broker) subscribe(id uint64, pattern string, under uint8) {
 	err := channel.Validate(pattern, true)
 	if err != nil {
 		// Like channel.Error itself, never echo a name a client sent.
 		err = fmt.Errorf("pubsub: subscribe (id %d): %w", id, err)
 	}
-	s := &subscription{id: id, pattern: pattern}
+	s := &subscription{id: id, pattern: pattern, under: under}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -393,9 +403,13 @@ func (w *worker) perform(o op) {
 		w.out = append(w.out, answer{s: s, err: ErrUnsubscribed})
 		return
 	}
-	if g := b.wideFor(s.pattern); g != nil {
+	if g := b.wideFor(s); g != nil {
 		w.join(g, s)
 		return
+	}
+	if s.under > 0 {
+		s.pattern = (*b.republished.Load())[s.under-1] + s.pattern // what NATS is asked for
+		s.under = 0
 	}
 	if err := w.subscribeNATS(s); err != nil {
 		if !errors.Is(err, ErrClosed) {
@@ -805,7 +819,11 @@ func (d *dispatcher) take(r *route, m *nats.Msg, ids []uint64) []uint64 {
 	}
 	switch s := r.s; {
 	case s.carrier:
-		ids = s.wide.route(m.Subject, ids)
+		subject := m.Subject
+		if g := s.wide; g.strip > 0 && len(subject) > g.strip {
+			subject = subject[g.strip:] // a group under a republish prefix routes the subject without it
+		}
+		ids = s.wide.route(subject, ids)
 	case s.live && !s.cancelled.Load():
 		ids = append(ids, s.id)
 	case !s.live && !s.cancelled.Load():

@@ -49,9 +49,10 @@ func (b *Broker) SetRepublished(prefixes []string) {
 	p := append([]string(nil), prefixes...)
 	b.republished.Store(&p)
 	var groups []*wideGroup
-	for _, prefix := range p {
+	for i, prefix := range p[:min(len(p), maxRepublished)] {
 		for _, w := range b.widePatterns {
-			groups = append(groups, &wideGroup{pattern: prefix + w, literal: make(map[string]*subscription)})
+			groups = append(groups, &wideGroup{pattern: prefix + w, under: uint8(i + 1), strip: len(prefix),
+				literal: make(map[string]*subscription)})
 		}
 	}
 	if len(groups) == 0 {
@@ -61,6 +62,26 @@ func (b *Broker) SetRepublished(prefixes []string) {
 	b.queue = append(b.queue, op{wide: groups})
 	b.mu.Unlock()
 	b.kick()
+}
+
+// maxRepublished is how many prefixes SubscribeUnder knows by index (a
+// subscription keeps the index in a byte).
+const maxRepublished = 255
+
+// SubscribeUnder is Subscribe for the subject prefix+pattern, where prefix
+// is one SetRepublished named. Under a wide pattern that covers pattern,
+// the subscription keeps pattern as it is, without a copy of the whole
+// subject: a personal history channel then costs what a plain one does.
+func (b *Broker) SubscribeUnder(id uint64, prefix, pattern string) {
+	if p := b.republished.Load(); p != nil {
+		for i, known := range (*p)[:min(len(*p), maxRepublished)] {
+			if known == prefix {
+				b.subscribe(id, pattern, uint8(i+1))
+				return
+			}
+		}
+	}
+	b.Subscribe(id, prefix+pattern)
 }
 
 // Conn is the broker's NATS connection, for JetStream calls (see

@@ -2,8 +2,10 @@ package pubsub
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 )
@@ -70,6 +72,69 @@ func TestRepublishedOnlyUnderPrefixes(t *testing.T) {
 		case got := <-h.lines:
 			if got != tt.want {
 				t.Errorf("%s with Nats-Sequence %q: %s, want %s", tt.subject, tt.seq, got, tt.want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: nothing delivered", tt.subject)
+		}
+	}
+}
+
+// Under a republish prefix, a wide pattern covers the republished subjects
+// of the channels it covers: two personal channels share one NATS
+// subscription (the carrier on PREFIX+W), each message reaches its own
+// channel only, through Republished with the prefix taken off, and a member
+// keeps the caller's pattern string, not a copy with the prefix: a personal
+// history channel costs the broker what a plain one does. Without a wide
+// pattern that covers it, SubscribeUnder subscribes the whole subject.
+func TestSubscribeUnderWidePattern(t *testing.T) {
+	h := &sequenced{lines: make(chan string, 16), lives: make(chan error, 4)}
+	b, _ := startBroker(t, Config{Handler: h, Listen: "127.0.0.1:-1", Wide: []string{"user.*"}})
+	b.SetRepublished([]string{"_HR.S."})
+	one, two := strings.Clone("user.1"), strings.Clone("user.2")
+	b.SubscribeUnder(1, "_HR.S.", one)
+	b.SubscribeUnder(2, "_HR.S.", two)
+	b.SubscribeUnder(3, "_HR.S.", "room.9") // no wide pattern covers it
+	b.SubscribeUnder(4, "_HR.OTHER.", "user.3")
+	for range 4 {
+		select {
+		case err := <-h.lives:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no Live")
+		}
+	}
+	if n := b.NATSSubscriptions(); n != 3 {
+		t.Fatalf("%d NATS subscriptions, want 3: the carrier of _HR.S.user.*, _HR.S.room.9, _HR.OTHER.user.3", n)
+	}
+	b.mu.Lock()
+	shared := unsafe.StringData(b.subs[1].pattern) == unsafe.StringData(one)
+	b.mu.Unlock()
+	if !shared {
+		t.Error("the member keeps a copy of its pattern")
+	}
+	nc, err := nats.Connect(b.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, tt := range []struct{ subject, want string }{
+		{"_HR.S.user.2", "republished user.2 1 [2] seq=7 last=3"},
+		{"_HR.S.user.1", "republished user.1 1 [1] seq=7 last=3"},
+		{"_HR.S.room.9", "republished room.9 1 [3] seq=7 last=3"},
+		{"_HR.OTHER.user.3", "message _HR.OTHER.user.3 1 [4]"}, // a prefix SetRepublished does not know
+	} {
+		m := &nats.Msg{Subject: tt.subject, Data: []byte("1"), Header: nats.Header{}}
+		m.Header.Set(HeaderSequence, "7")
+		m.Header.Set(HeaderLastSequence, "3")
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-h.lines:
+			if got != tt.want {
+				t.Errorf("%s: %s, want %s", tt.subject, got, tt.want)
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s: nothing delivered", tt.subject)

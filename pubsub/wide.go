@@ -47,7 +47,13 @@ import (
 
 // wideGroup is one wide pattern and its members.
 type wideGroup struct {
-	pattern string
+	pattern string // the NATS subject of its carrier
+	// under and strip: a group SetRepublished made for a republish prefix
+	// (under is 1 + its index, strip its length) has pattern PREFIX+W, and
+	// its members, which are under that prefix too, keep their patterns
+	// without it; 0 and 0 for a group of Config.Wide.
+	under uint8
+	strip int
 
 	// Worker only.
 	carrier *subscription   // the current NATS subscription to pattern; nil when there is none
@@ -84,11 +90,11 @@ func newWideGroups(patterns []string) ([]*wideGroup, error) {
 	return groups, nil
 }
 
-// wideFor returns the group whose pattern covers pattern (the first in
-// Config.Wide order), or nil.
-func (b *Broker) wideFor(pattern string) *wideGroup {
+// wideFor returns the group whose pattern covers s's (the first in
+// Config.Wide order) under the same republish prefix, or nil.
+func (b *Broker) wideFor(s *subscription) *wideGroup {
 	for _, g := range b.wide {
-		if channel.Covers(g.pattern, pattern) {
+		if g.under == s.under && channel.Covers(g.pattern[g.strip:], s.pattern) {
 			return g
 		}
 	}

@@ -762,3 +762,11 @@ func TestWideGroupRouting(t *testing.T) {
 		t.Errorf("empty group keeps %d literal, %d more, %d wild", len(g.literal), len(g.more), len(g.wild))
 	}
 }
+
+// A member is one subscription per personal channel: the struct stays in
+// Go's 48-byte size class (the republish index took a padding byte).
+func TestSubscriptionFitsFortyEightBytes(t *testing.T) {
+	if n := unsafe.Sizeof(subscription{}); n > 48 {
+		t.Fatalf("subscription is %d bytes, want at most 48", n)
+	}
+}

@@ -24,7 +24,13 @@ func (b natsBus) Subscribe(id uint64, pattern string) {
 		b.Broker.Subscribe(id, pattern)
 		return
 	}
-	b.Broker.Subscribe(id, b.history.Subject(pattern))
+	if prefix := b.history.Prefix(pattern); prefix != "" {
+		// The broker keeps pattern itself, not a copy with the prefix,
+		// when a wide pattern covers it.
+		b.Broker.SubscribeUnder(id, prefix, pattern)
+		return
+	}
+	b.Broker.Subscribe(id, pattern)
 }
 
 // Unsubscribe ends the subscription in the broker first and drops its

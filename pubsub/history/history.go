@@ -412,6 +412,15 @@ func (s *Store) For(pattern string) *Stream {
 	return nil
 }
 
+// Prefix returns the republish prefix of the stream that holds pattern, or
+// "" when pattern is not a history channel.
+func (s *Store) Prefix(pattern string) string {
+	if st := s.For(pattern); st != nil {
+		return st.prefix
+	}
+	return ""
+}
+
 // Subject is what the bus subscribes to for pattern: its republish
 // destination on a history channel, pattern itself otherwise.
 func (s *Store) Subject(pattern string) string {
