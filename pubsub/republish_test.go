@@ -26,6 +26,43 @@ func (s *sequenced) Republished(subject string, data []byte, subs []uint64, seq,
 
 func (s *sequenced) Live(id uint64, err error) { s.lives <- err }
 
+// awaitLives waits for n answers, each without an error.
+func (s *sequenced) awaitLives(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case err := <-s.lives:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no Live")
+		}
+	}
+}
+
+// publish sends "1" on subject, with the headers a stream's republish sets
+// when seq is not empty (Nats-Last-Sequence 3), and returns the line the
+// handler got for it.
+func (s *sequenced) publish(t *testing.T, nc *nats.Conn, subject, seq string) string {
+	t.Helper()
+	m := &nats.Msg{Subject: subject, Data: []byte("1"), Header: nats.Header{}}
+	if seq != "" {
+		m.Header.Set(HeaderSequence, seq)
+		m.Header.Set(HeaderLastSequence, "3")
+	}
+	if err := nc.PublishMsg(m); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-s.lines:
+		return got
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: nothing delivered", subject)
+		return ""
+	}
+}
+
 // A message under a prefix given to SetRepublished, with the headers a
 // stream sets, reaches Republished with the prefix taken off and its two
 // sequences; the same headers on any other subject, or a malformed
@@ -37,16 +74,7 @@ func TestRepublishedOnlyUnderPrefixes(t *testing.T) {
 	b.SetRepublished([]string{"_HR.S."})
 	b.Subscribe(1, "_HR.S.>")
 	b.Subscribe(2, "chat.b")
-	for range 2 {
-		select {
-		case err := <-h.lives:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("no Live")
-		}
-	}
+	h.awaitLives(t, 2)
 	nc, err := nats.Connect(b.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -60,21 +88,8 @@ func TestRepublishedOnlyUnderPrefixes(t *testing.T) {
 		{"_HR.S.chat.c", "x", "message _HR.S.chat.c 1 [1]"},
 		{"_HR.S.chat.d", "", "message _HR.S.chat.d 1 [1]"},
 	} {
-		m := &nats.Msg{Subject: tt.subject, Data: []byte("1"), Header: nats.Header{}}
-		if tt.seq != "" {
-			m.Header.Set(HeaderSequence, tt.seq)
-			m.Header.Set(HeaderLastSequence, "3")
-		}
-		if err := nc.PublishMsg(m); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case got := <-h.lines:
-			if got != tt.want {
-				t.Errorf("%s with Nats-Sequence %q: %s, want %s", tt.subject, tt.seq, got, tt.want)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: nothing delivered", tt.subject)
+		if got := h.publish(t, nc, tt.subject, tt.seq); got != tt.want {
+			t.Errorf("%s with Nats-Sequence %q: %s, want %s", tt.subject, tt.seq, got, tt.want)
 		}
 	}
 }
@@ -95,16 +110,7 @@ func TestSubscribeUnderWidePattern(t *testing.T) {
 	b.SubscribeUnder(2, "_HR.S.", two)
 	b.SubscribeUnder(3, "_HR.S.", "room.9") // no wide pattern covers it
 	b.SubscribeUnder(4, "_HR.OTHER.", "user.3")
-	for range 4 {
-		select {
-		case err := <-h.lives:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("no Live")
-		}
-	}
+	h.awaitLives(t, 4)
 	if n := b.NATSSubscriptions(); n != 3 {
 		t.Fatalf("%d NATS subscriptions, want 3: the carrier of _HR.S.user.*, _HR.S.room.9, _HR.OTHER.user.3", n)
 	}
@@ -125,19 +131,8 @@ func TestSubscribeUnderWidePattern(t *testing.T) {
 		{"_HR.S.room.9", "republished room.9 1 [3] seq=7 last=3"},
 		{"_HR.OTHER.user.3", "message _HR.OTHER.user.3 1 [4]"}, // a prefix SetRepublished does not know
 	} {
-		m := &nats.Msg{Subject: tt.subject, Data: []byte("1"), Header: nats.Header{}}
-		m.Header.Set(HeaderSequence, "7")
-		m.Header.Set(HeaderLastSequence, "3")
-		if err := nc.PublishMsg(m); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case got := <-h.lines:
-			if got != tt.want {
-				t.Errorf("%s: %s, want %s", tt.subject, got, tt.want)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: nothing delivered", tt.subject)
+		if got := h.publish(t, nc, tt.subject, "7"); got != tt.want {
+			t.Errorf("%s: %s, want %s", tt.subject, got, tt.want)
 		}
 	}
 }
