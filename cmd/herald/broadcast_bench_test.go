@@ -36,6 +36,19 @@ type broadcastServer struct {
 	bus *pushtest.Bus
 }
 
+// awaitDeliveries waits, for a minute at most, until the hub has made want
+// deliveries since it started.
+func (h *broadcastServer) awaitDeliveries(b *testing.B, want uint64) {
+	b.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for h.hub.Stats().Deliveries < want {
+		if time.Now().After(deadline) {
+			b.Fatalf("delivered %d short of %d", want-h.hub.Stats().Deliveries, want)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
 func startBroadcast(b *testing.B, cfg engine.Config) *broadcastServer {
 	b.Helper()
 	bus := pushtest.New()
@@ -231,13 +244,7 @@ func benchmarkBroadcast(b *testing.B, withSeq, sse bool) {
 				h.hub.Message("bench.hot", payload, ids)
 			}
 		}
-		deadline := time.Now().Add(time.Minute)
-		for h.hub.Stats().Deliveries < want {
-			if time.Now().After(deadline) {
-				b.Fatalf("delivered %d short of %d", want-h.hub.Stats().Deliveries, uint64(n)*subscribers)
-			}
-			time.Sleep(100 * time.Microsecond)
-		}
+		h.awaitDeliveries(b, want)
 		return time.Since(start)
 	}
 	deliver(b.N) // fill the pools for a burst this size, untimed
@@ -464,13 +471,7 @@ func BenchmarkBroadcastDeflate(b *testing.B) {
 		for range n {
 			h.hub.Message("bench.hot", payload, ids)
 		}
-		deadline := time.Now().Add(time.Minute)
-		for h.hub.Stats().Deliveries < want {
-			if time.Now().After(deadline) {
-				b.Fatalf("delivered %d short of %d", want-h.hub.Stats().Deliveries, uint64(n)*subscribers)
-			}
-			time.Sleep(100 * time.Microsecond)
-		}
+		h.awaitDeliveries(b, want)
 		return time.Since(start)
 	}
 	deliver(b.N) // fill the pools for a burst this size, untimed
