@@ -88,8 +88,9 @@ func startAdmin(h *herald, addr string, log *slog.Logger) (*adminServer, error) 
 	mux.HandleFunc("GET /debug/channels", h.serveChannels)
 	// pprof's handlers on this mux only: importing net/http/pprof also
 	// registers them on http.DefaultServeMux, which Herald never serves.
+	// Not its cmdline: the command line may carry --auth-secret or a NATS
+	// URL's password (pprof.Index answers it 404, an unknown profile).
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)

@@ -228,7 +228,7 @@ func TestAdminPprofAndMetrics(t *testing.T) {
 			if got := httpGet(t, h.srv.Addr(), "/metrics"); got != tt.publicMetrics {
 				t.Errorf("public /metrics: %d, want %d", got, tt.publicMetrics)
 			}
-			for path, want := range map[string]int{"/debug/pprof/": 200, "/debug/pprof/goroutine?debug=1": 200, "/debug/pprof/cmdline": 200, "/readyz": 200, "/": 200, "/nothing": 404} {
+			for path, want := range map[string]int{"/debug/pprof/": 200, "/debug/pprof/goroutine?debug=1": 200, "/debug/pprof/cmdline": 404, "/readyz": 200, "/": 200, "/nothing": 404} {
 				if got := httpGet(t, admin, path); got != want {
 					t.Errorf("admin %s: %d, want %d", path, got, want)
 				}
