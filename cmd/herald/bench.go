@@ -174,11 +174,20 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if cfg.Conns < 1 || cfg.Receivers < 0 {
+			fmt.Fprintln(stderr, "--token-key needs --conns of at least 1 and --receivers of at least 0")
+			return errUsage
+		}
 		tokens, err := mintBenchTokens(key, alg, cfg.ChannelPrefix+".>", cfg.Conns+cfg.Receivers)
 		if err != nil {
 			return err
 		}
-		cfg.Tokens = func(i int) (string, error) { return tokens[i], nil }
+		cfg.Tokens = func(i int) (string, error) {
+			if i >= len(tokens) {
+				return "", fmt.Errorf("no token for connection %d: %d were signed", i, len(tokens))
+			}
+			return tokens[i], nil
+		}
 	}
 	if cfg.Rates, err = bench.ParseRates(*rates); err != nil {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -70,8 +71,11 @@ Examples:
 	switch {
 	case *keyFile != "":
 		k, keyAlg, err := readSigningKey("key", *keyFile)
-		if err != nil {
+		if errors.Is(err, errNotSigningKey) {
 			return usageErr("%v", err)
+		}
+		if err != nil {
+			return err
 		}
 		key = k
 		if *alg == "" {
@@ -119,6 +123,9 @@ Examples:
 	return err
 }
 
+// errNotSigningKey is a key file that holds no key to sign with.
+var errNotSigningKey = errors.New("not a PEM RSA or EC private key")
+
 // readSigningKey reads the PEM private key in file (the flag --name) and
 // returns it with the algorithm it signs: RS256 for RSA, ES256, ES384 or
 // ES512 for EC by curve.
@@ -133,7 +140,7 @@ func readSigningKey(name, file string) (key any, alg string, err error) {
 	if k, err := jwt.ParseECPrivateKeyFromPEM(b); err == nil {
 		return k, "ES" + strconv.Itoa(ecBits(k.Curve.Params().BitSize)), nil
 	}
-	return nil, "", fmt.Errorf("--%s %s: not a PEM RSA or EC private key", name, file)
+	return nil, "", fmt.Errorf("--%s %s: %w", name, file, errNotSigningKey)
 }
 
 // patternList splits the comma-separated patterns of --name and checks
