@@ -219,7 +219,9 @@ func (l *loopState) replayed(j *job) {
 		return // unsubscribed or closed meanwhile
 	}
 	if res.Err != nil {
-		l.replyError(c, r.id, &channel.Error{Code: channel.CodeUnavailable, Message: "cannot read the channel's history: " + res.Err.Error()})
+		if !s.raw || r.id != nil { // as the ack below: on a raw socket's URL channel it would read as data
+			l.replyError(c, r.id, &channel.Error{Code: channel.CodeUnavailable, Message: "cannot read the channel's history: " + res.Err.Error()})
+		}
 		l.releaseHeld(c, s, r)
 		s.dropResume(r)
 		return
@@ -310,7 +312,7 @@ func (l *loopState) replyUnreplayed(c *engine.Conn, r *resume) {
 	epoch, _ := l.hub.historyOf(r.topic.pattern())
 	recovered := false
 	l.replyBuf = l.appendAck(l.replyBuf[:0], r.id, r.topic.pattern(), &recovered, epoch, true)
-	c.SendFrame(ws.OpText, l.replyBuf)
+	l.sendReply(c, l.replyBuf)
 }
 
 // replySubscribed acks a subscribe to pattern that asked for no replay.
