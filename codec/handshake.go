@@ -815,6 +815,10 @@ const (
 		1<<('^'-64) | 1<<('_'-64) | 1<<('`'-64) | 1<<('|'-64) | 1<<('~'-64)
 )
 
+// IsToken reports whether b is a non-empty RFC 9110 token (method, header
+// name, subprotocol name).
+func IsToken(b []byte) bool { return isToken(b) }
+
 // isToken reports whether b is a non-empty RFC 9110 token (method, header name).
 func isToken(b []byte) bool {
 	for _, c := range b {

@@ -638,8 +638,8 @@ func (c *Conn) SendFrame(op ws.OpCode, payload []byte) bool {
 // better compressed once (a deflate.Compressor) and sent with Send to every
 // socket whose Deflate is true.
 func (c *Conn) SendMessage(op ws.OpCode, payload []byte) bool {
-	if c.state != stateOpen {
-		return false
+	if c.state != stateOpen || c.Stream() {
+		return c.state == stateOpen // an event stream carries no frames
 	}
 	if c.deflate() == 0 {
 		return c.writeFrame(op, payload)

@@ -23,7 +23,6 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -382,18 +381,7 @@ func (s *Server) protocolIndex(name []byte) uint8 {
 
 // ValidSubprotocol reports whether p is an RFC 9110 token, which a subprotocol
 // name must be (RFC 6455 section 4.1).
-func ValidSubprotocol(p string) bool {
-	if p == "" {
-		return false
-	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
+func ValidSubprotocol(p string) bool { return codec.IsToken([]byte(p)) }
 
 // Start binds the listener and starts the event loops. It returns once the
 // server accepts connections, or with the error that prevented it.

@@ -112,9 +112,10 @@ func TopConns[T any](ctx context.Context, s *Server, order ConnOrder, n int, des
 	// One slot per loop, each written by its own loop only.
 	results := make([][]ranked, MaxLoops)
 	err := s.OnEveryLoop(ctx, func(l *Loop) {
+		now := l.s.tenths()
 		key := func(c *Conn) int64 {
 			if order == ByAge {
-				return int64(l.s.tenths() - c.opened)
+				return int64(now - c.opened)
 			}
 			return int64(c.Unsent())
 		}

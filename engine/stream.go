@@ -146,7 +146,9 @@ func (c *Conn) refuseStream(reason int, err error) {
 	}
 	out := bytebufferpool.Get()
 	out.B = append(out.B, streamHead...)
-	out.B = append(out.B, "Connection: close\r\n\r\nretry: "...)
+	// Any origin may read it: a page on another origin must see the
+	// retry, or its EventSource gives up; the body says nothing private.
+	out.B = append(out.B, "Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: "...)
 	out.B = strconv.AppendInt(out.B, retry.Milliseconds(), 10)
 	out.B = append(out.B, "\n\n"...)
 	out.B = appendCloseEvent(out.B, 1013, he.Reason) // 1013: try again later

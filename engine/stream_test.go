@@ -325,16 +325,21 @@ func TestStreamDrain(t *testing.T) {
 	if err := <-drained; err != nil {
 		t.Fatal(err)
 	}
-	again := enginetest.OpenStream(t, ctx, "http://"+srv.Addr()+"/sse?d=2", nil)
+	// From a page on another origin: it must be allowed to read the
+	// retry, or its EventSource gives up for good.
+	again := enginetest.OpenStream(t, ctx, "http://"+srv.Addr()+"/sse?d=2", http.Header{"Origin": {"http://page.test"}})
 	if again.Resp.StatusCode != 200 {
 		t.Fatalf("stream while draining answered %d", again.Resp.StatusCode)
+	}
+	if got := again.Resp.Header.Get("Access-Control-Allow-Origin"); got != "*" {
+		t.Fatalf("the retry answer allows origin %q, want *", got)
 	}
 	if ev := again.NextWithin(t, 10*time.Second); ev.Event != "close" || !strings.HasPrefix(ev.Data, "1013 ") {
 		t.Fatalf("stream while draining got %+v", ev)
 	}
 }
 
-// A path cannot be both kinds, and one endpoint at both ticks once.
+// A path cannot be both kinds.
 func TestStreamConfig(t *testing.T) {
 	e := newStreamer()
 	_, err := engine.New(engine.Config{Addr: "127.0.0.1:0",

@@ -103,7 +103,11 @@ func (c *Compressor) AppendFrame(dst []byte, op ws.OpCode, payload []byte) []byt
 	at := len(dst)
 	dst = codec.AppendHeader(dst, op, true, len(c.scratch))
 	dst[at] |= rsv1
-	return append(dst, c.scratch...)
+	dst = append(dst, c.scratch...)
+	if cap(c.scratch) > 64<<10 {
+		c.scratch = nil // one large message does not pin its size on the loop
+	}
+	return dst
 }
 
 // rsv1 is the RSV1 bit of a frame's first byte: "this message is
